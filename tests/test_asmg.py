@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from trainer.config import ModelConfig, TrainConfig
+from trainer.features import EncodedLog, Examples
+from trainer.learner import BaseLearner
+from trainer.model import EmbMLP, logits
+from trainer.updaters import make_updater
+from trainer.updaters.asmg import Asmg, compact_batches, step_weights
+
+
+def periods(log: EncodedLog, n: int) -> list[Examples]:
+    size = len(log) // n
+    return [log.examples(i * size, (i + 1) * size) for i in range(n)]
+
+
+def spy_initial_states(updater: Asmg) -> list[Any]:
+    """Record the initial hidden state each meta-training call starts from."""
+    seen: list[Any] = []
+    original = updater._train_meta
+
+    def recording(window: Any, targets: Any, h0: Any) -> None:
+        seen.append(None if h0 is None else {k: v.clone() for k, v in h0.items()})
+        original(window, targets, h0)
+
+    updater._train_meta = recording  # type: ignore[method-assign]
+    return seen
+
+
+def test_step_weights() -> None:
+    assert step_weights("multi", 3) == pytest.approx([1 / 6, 2 / 6, 3 / 6])
+    assert step_weights("full", 4) == pytest.approx([0.1, 0.2, 0.3, 0.4])
+    assert step_weights("unif", 3) == pytest.approx([1 / 3] * 3)
+    assert step_weights("single", 3) == [0.0, 0.0, 1.0]
+    assert sum(step_weights("multi", 6)) == pytest.approx(1.0)
+
+
+def test_compact_batches_score_like_the_full_tables(small_log: EncodedLog, small_config: ModelConfig) -> None:
+    params = EmbMLP(small_config).params()
+    batches = [small_log.examples(100, 160), small_log.examples(900, 930)]
+    rows, compact = compact_batches(batches)
+    small = {**params, **{t: params[t][r] for t, r in rows.items()}}
+    for full, comp in zip(batches, compact, strict=True):
+        torch.testing.assert_close(logits(small, comp, 3), logits(params, full, 3))
+    assert len(rows["user_emb"]) < small_config.user_buckets
+
+
+def test_carried_state_starts_each_window_where_the_last_one_left(
+    small_log: EncodedLog, small_config: ModelConfig, small_train: TrainConfig
+) -> None:
+    updater = make_updater("asmg-gru-multi", BaseLearner(small_config, small_train, 0), 0, {"window": 2})
+    assert isinstance(updater, Asmg)
+    seen = spy_initial_states(updater)
+    data = periods(small_log, 6)
+    for p in data[:3]:
+        updater.update(p)
+    assert seen == [None]  # the first window starts from zeros
+    stored = {k: v.clone() for k, v in updater.hidden.items()}  # type: ignore[union-attr]
+    first_of_next_window = updater.models[0]
+    updater.update(data[3])
+    assert len(seen) == 2
+    for name, value in stored.items():
+        torch.testing.assert_close(seen[1][name], value)
+    # and the new stored state is one GRU step past the old window's successor
+    assert updater.hidden is not None
+    expected = updater.generator.step("user_emb", first_of_next_window["user_emb"], stored["user_emb"])  # type: ignore[union-attr, operator]
+    torch.testing.assert_close(updater.hidden["user_emb"], expected)
+
+
+def test_zero_strategy_always_starts_from_zeros(
+    small_log: EncodedLog, small_config: ModelConfig, small_train: TrainConfig
+) -> None:
+    updater = make_updater("asmg-gru-zero", BaseLearner(small_config, small_train, 0), 0, {"window": 2})
+    assert isinstance(updater, Asmg)
+    seen = spy_initial_states(updater)
+    for p in periods(small_log, 6)[:5]:
+        updater.update(p)
+    assert seen == [None, None, None]
+    assert updater.hidden is None
+
+
+def test_full_strategy_keeps_the_whole_sequence(
+    small_log: EncodedLog, small_config: ModelConfig, small_train: TrainConfig
+) -> None:
+    updater = make_updater("asmg-gru-full", BaseLearner(small_config, small_train, 0), 0, {"window": 2})
+    assert isinstance(updater, Asmg)
+    for p in periods(small_log, 6)[:5]:
+        updater.update(p)
+    assert len(updater.models) == 5
+    multi = make_updater("asmg-gru-multi", BaseLearner(small_config, small_train, 0), 0, {"window": 2})
+    assert isinstance(multi, Asmg)
+    for p in periods(small_log, 6)[:5]:
+        multi.update(p)
+    assert len(multi.models) == 2
+
+
+def test_warmup_serves_iu_until_the_generator_has_trained(
+    small_log: EncodedLog, small_config: ModelConfig, small_train: TrainConfig
+) -> None:
+    updater = make_updater("asmg-gru-multi", BaseLearner(small_config, small_train, 0), 0, {"window": 2, "warmup": 2})
+    assert isinstance(updater, Asmg)
+    served, iu = [], []
+    for p in periods(small_log, 6)[:4]:
+        served.append(updater.update(p))
+        iu.append(updater.learner.params())
+    # meta training runs at the 3rd and 4th updates; with warm-up 2 the 4th is the first generated model
+    for i in range(3):
+        for name, value in iu[i].items():
+            assert torch.equal(served[i][name], value)
+    assert updater.meta_periods == 2
+    assert not torch.equal(served[3]["user_emb"], iu[3]["user_emb"])

@@ -1,0 +1,1 @@
+"""ASMG learning core: base model, update methods, meta generator, replay."""

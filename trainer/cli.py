@@ -1,0 +1,184 @@
+"""The ``asmg`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from trainer.config import ModelConfig, TrainConfig
+from trainer.events import DataError, EventTable
+
+log = logging.getLogger("asmg")
+
+
+def _methods(value: str) -> list[str]:
+    from trainer.updaters import METHODS
+
+    names = [m.strip() for m in value.split(",") if m.strip()]
+    unknown = [m for m in names if m not in METHODS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown method(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(METHODS)}"
+        )
+    return names
+
+
+def _positive_int(value: str) -> int:
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError("must be a positive integer")
+    return n
+
+
+def _positive_float(value: str) -> float:
+    x = float(value)
+    if not x > 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return x
+
+
+def add_replay_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("replay", help="replay a data set period by period and compare update methods")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--dataset", help="a known data set: ml-latest-small, ml-100k, ml-1m")
+    source.add_argument("--data", type=Path, help="a directory laid out like ml-latest-small (ratings.csv, movies.csv)")
+    source.add_argument("--synthetic", action="store_true", help="the seeded drifting synthetic stream")
+    p.add_argument("--methods", type=_methods, default=_methods("iu,asmg-gru-multi"), help="comma list")
+    p.add_argument("--seeds", type=_positive_int, default=1, help="number of seeds (0..N-1)")
+    p.add_argument("--out", type=Path, default=Path("results/replay"), help="output directory")
+    base = p.add_argument_group("base model (every method)")
+    base.add_argument("--lr", type=_positive_float, default=TrainConfig.lr)
+    base.add_argument("--batch-size", type=_positive_int, default=TrainConfig.batch_size)
+    base.add_argument("--epochs", type=_positive_int, default=TrainConfig.epochs, help="epochs per period")
+    base.add_argument("--pretrain-epochs", type=_positive_int, default=10)
+    base.add_argument("--embedding-dim", type=_positive_int, default=ModelConfig.embedding_dim)
+    base.add_argument(
+        "--buckets", type=_positive_int, default=ModelConfig.item_buckets, help="user and item hash buckets"
+    )
+    meta = p.add_argument_group("meta generator (asmg-* methods; defaults: the chosen configuration)")
+    meta.add_argument("--window", type=_positive_int, help="k, versions per window")
+    meta.add_argument("--meta-hidden", type=_positive_int, help="GRU hidden size d")
+    meta.add_argument("--meta-lr", type=_positive_float)
+    meta.add_argument("--meta-batch", type=_positive_int)
+    meta.add_argument("--meta-epochs", type=_positive_int)
+    meta.add_argument("--readout", choices=("plain", "residual"), help="plain is the paper's form")
+    meta.add_argument("--gate-bias", action="store_true", default=None)
+    meta.add_argument("--warmup", type=int, help="meta-training periods before generated models serve")
+    p.set_defaults(handler=run_replay)
+
+
+def add_fetch_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("fetch", help="download and cache a MovieLens data set (ml-100k, ml-1m)")
+    p.add_argument("name")
+    p.add_argument("--cache-dir", type=Path, help="default: $ASMG_DATA_DIR or ~/.cache/asmg/datasets")
+    p.set_defaults(handler=run_fetch)
+
+
+def meta_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    pairs = {
+        "window": args.window,
+        "hidden": args.meta_hidden,
+        "lr": args.meta_lr,
+        "batch_size": args.meta_batch,
+        "epochs": args.meta_epochs,
+        "readout": args.readout,
+        "gate_bias": args.gate_bias,
+        "warmup": args.warmup,
+    }
+    return {k: v for k, v in pairs.items() if v is not None}
+
+
+def load_events(args: argparse.Namespace) -> tuple[str, EventTable]:
+    from trainer import datasets
+    from trainer.synthetic import synthetic_events
+
+    if args.synthetic:
+        return "synthetic", synthetic_events()
+    if args.data is not None:
+        return str(args.data), datasets.load_directory(args.data)
+    return args.dataset, datasets.load_dataset(args.dataset)
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from trainer.features import encode_log
+    from trainer.replay import Protocol, Replay
+    from trainer.report import format_table, plot_auc, summarise, write_periods_csv, write_summary
+    from trainer.updaters import meta_config
+
+    overrides = meta_overrides(args)
+    for method in args.methods:
+        if method.startswith("asmg"):
+            meta_config(method, overrides)  # reject bad meta settings before the slow part
+    model_config = ModelConfig(embedding_dim=args.embedding_dim, user_buckets=args.buckets, item_buckets=args.buckets)
+    train_config = TrainConfig(lr=args.lr, batch_size=args.batch_size, epochs=args.epochs)
+    protocol = Protocol(pretrain_epochs=args.pretrain_epochs)
+    name, table = load_events(args)
+    started = time.perf_counter()
+    replay = Replay(encode_log(table, model_config), model_config, train_config, protocol)
+    log.info("encoded %s: %d events in %.1f s", name, len(table), time.perf_counter() - started)
+    runs = [(m, s) for s in range(args.seeds) for m in args.methods]
+    results = []
+    updates = protocol.periods - protocol.pretrain_periods - 1
+    with tqdm(total=len(runs) * updates, unit="period", file=sys.stderr) as bar:
+        for method, seed in runs:
+            bar.set_description(f"{method} seed {seed}")
+            results += replay.run(method, seed, overrides, on_period=lambda _: bar.update())
+    args.out.mkdir(parents=True, exist_ok=True)
+    summary = summarise(results, "test")
+    write_periods_csv(results, args.out / "periods.csv")
+    write_summary(summary, args.out / "summary.json")
+    write_summary(summarise(results, "valid"), args.out / "summary_valid.json")
+    plot_auc(results, args.out / "auc.png", f"{name}: per-period AUC")
+    settings = {
+        "data": name,
+        "methods": args.methods,
+        "seeds": args.seeds,
+        "model": asdict(model_config),
+        "train": asdict(train_config),
+        "protocol": asdict(protocol),
+        "meta": {m: asdict(meta_config(m, overrides)) for m in args.methods if m.startswith("asmg")},
+        "seconds": time.perf_counter() - started,
+    }
+    (args.out / "config.json").write_text(json.dumps(settings, indent=2) + "\n")
+    print(f"{name}: mean over the {protocol.test_periods} test periods, {args.seeds} seed(s)")
+    print(format_table(summary))
+    print(f"wrote {args.out}/summary.json, periods.csv, auc.png")
+    return 0
+
+
+def run_fetch(args: argparse.Namespace) -> int:
+    from trainer import datasets
+
+    print(datasets.fetch_dataset(args.name, args.cache_dir))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="asmg", description="ASMG CTR model updating")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_replay_parser(sub)
+    add_fetch_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return int(args.handler(args))
+    except (DataError, ValueError, OSError) as exc:
+        print(f"asmg: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

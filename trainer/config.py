@@ -1,0 +1,43 @@
+"""Shapes and training settings of the base model, as plain dataclasses.
+
+A checkpoint stores ``asdict(ModelConfig)`` beside the weights so that a model
+is rebuilt from the file alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Embedding & MLP sizes (ASMG.md §5 defaults)."""
+
+    embedding_dim: int = 8
+    user_buckets: int = 1 << 16
+    item_buckets: int = 1 << 16
+    category_buckets: int = 1 << 10
+    history_length: int = 30
+    hidden: tuple[int, ...] = (20, 10)
+
+    def __post_init__(self) -> None:
+        for name in ("embedding_dim", "user_buckets", "item_buckets", "category_buckets"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive")
+        if self.history_length < 0:
+            raise ValueError("history_length must not be negative")
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+
+    @property
+    def mlp_input(self) -> int:
+        # user id (m) + history item vector (2m) + candidate item vector (2m)
+        return 5 * self.embedding_dim
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a base model is fitted to one period."""
+
+    lr: float = 1e-3
+    batch_size: int = 1024
+    epochs: int = 1

@@ -1,0 +1,123 @@
+"""The Embedding & MLP CTR model (ASMG.md §5).
+
+The forward pass is a pure function of a parameter mapping so the meta
+generator can score *generated* parameters (and compact tables holding only
+the rows a batch touches) through the same code as the base model.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+from collections.abc import Mapping
+from dataclasses import asdict
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from trainer.config import ModelConfig
+from trainer.features import Examples
+
+Params = dict[str, Tensor]
+
+# parameter name → the Examples fields that index it
+EMBEDDING_TABLES: dict[str, tuple[str, ...]] = {
+    "user_emb": ("user",),
+    "item_emb": ("item", "hist_items"),
+    "cat_emb": ("item_cats", "hist_cats"),
+}
+
+
+def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """Mean over the second-to-last axis where ``mask`` is true; zeros if none."""
+    weights = mask.to(values.dtype).unsqueeze(-1)
+    return (values * weights).sum(-2) / weights.sum(-2).clamp(min=1.0)
+
+
+def _category_means(table: Tensor, cats: Tensor) -> Tensor:
+    """Mean category vector per row of ``cats [..., C]`` (``-1`` = none)."""
+    # an extra zero row stands for padding; embedding_bag leaves it out of the mean
+    padded = torch.cat([table, table.new_zeros(1, table.shape[1])])
+    flat = torch.where(cats >= 0, cats, table.shape[0]).reshape(-1, cats.shape[-1])
+    means = F.embedding_bag(flat, padded, mode="mean", padding_idx=table.shape[0])
+    return means.reshape(*cats.shape[:-1], table.shape[1])
+
+
+def _item_vectors(params: Mapping[str, Tensor], items: Tensor, cats: Tensor) -> Tensor:
+    # F.embedding, not tensor[idx]: its backward is far cheaper than index_put
+    item_vec = F.embedding(items.clamp(min=0), params["item_emb"])
+    return torch.cat([item_vec, _category_means(params["cat_emb"], cats)], dim=-1)
+
+
+def logits(params: Mapping[str, Tensor], ex: Examples, n_layers: int) -> Tensor:
+    """Pre-sigmoid scores for ``ex`` under ``params``."""
+    user_vec = F.embedding(ex.user, params["user_emb"])
+    candidate = _item_vectors(params, ex.item, ex.item_cats)
+    history = _masked_mean(_item_vectors(params, ex.hist_items, ex.hist_cats), ex.hist_items >= 0)
+    x = torch.cat([user_vec, history, candidate], dim=-1)
+    for i in range(n_layers):
+        x = F.linear(x, params[f"mlp.{i}.weight"], params[f"mlp.{i}.bias"])
+        if i < n_layers - 1:
+            x = F.relu(x)
+    return x.squeeze(-1)
+
+
+class EmbMLP(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        m = config.embedding_dim
+        self.user_emb = nn.Parameter(torch.empty(config.user_buckets, m))
+        self.item_emb = nn.Parameter(torch.empty(config.item_buckets, m))
+        self.cat_emb = nn.Parameter(torch.empty(config.category_buckets, m))
+        sizes = (config.mlp_input, *config.hidden, 1)
+        self.mlp = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(sizes))
+        self.reset_parameters()
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.mlp)
+
+    def reset_parameters(self) -> None:
+        for name, p in self.named_parameters():
+            if name.endswith("bias"):
+                nn.init.zeros_(p)
+            else:
+                nn.init.xavier_uniform_(p)
+
+    def forward(self, ex: Examples) -> Tensor:
+        return logits(dict(self.named_parameters()), ex, self.n_layers)
+
+    def params(self) -> Params:
+        """A detached copy of the current parameters."""
+        return {name: p.detach().clone() for name, p in self.named_parameters()}
+
+    def load_params(self, params: Mapping[str, Tensor]) -> None:
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                p.copy_(params[name])
+
+
+@torch.inference_mode()
+def predict(params: Mapping[str, Tensor], ex: Examples, n_layers: int, batch_size: int = 16384) -> Tensor:
+    """Click probabilities for every row of ``ex``."""
+    out = [
+        torch.sigmoid(logits(params, ex.select(torch.arange(i, min(i + batch_size, len(ex)))), n_layers))
+        for i in range(0, len(ex), batch_size)
+    ]
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def checkpoint_bytes(config: ModelConfig, params: Mapping[str, Tensor], meta: Mapping[str, Any]) -> bytes:
+    """A self-describing checkpoint: config, metadata and weights in one blob."""
+    buffer = io.BytesIO()
+    torch.save({"config": asdict(config), "meta": dict(meta), "params": dict(params)}, buffer)
+    return buffer.getvalue()
+
+
+def load_checkpoint(blob: bytes) -> tuple[ModelConfig, Params, dict[str, Any]]:
+    state = torch.load(io.BytesIO(blob), weights_only=True)
+    config = ModelConfig(**state["config"])
+    return config, state["params"], state["meta"]

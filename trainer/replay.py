@@ -1,0 +1,152 @@
+"""The paper's evaluation protocol (ASMG.md §6) on a time-sorted log.
+
+31 equal-count periods; Θ_0 pre-trained on periods 1–10; every method then
+updates on periods 11–30 and the model it would serve next is scored on the
+following period before anything trains on it. The 20 scored periods split
+10/3/7 into warm-up, validation and test.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from trainer.config import ModelConfig, TrainConfig
+from trainer.events import DataError
+from trainer.features import EncodedLog, Examples
+from trainer.learner import BaseLearner
+from trainer.metrics import auc, logloss
+from trainer.model import Params, predict
+from trainer.periods import equal_count_bounds
+from trainer.updaters import Updater, make_updater
+from trainer.updaters.asmg import Asmg
+
+Split = Literal["train", "valid", "test"]
+MIN_ROWS_PER_PERIOD = 10
+
+
+@dataclass(frozen=True)
+class Protocol:
+    pretrain_periods: int = 10
+    pretrain_epochs: int = 10
+    train_periods: int = 10
+    valid_periods: int = 3
+    test_periods: int = 7
+
+    @property
+    def periods(self) -> int:
+        # the last update is scored on one more period
+        return self.pretrain_periods + self.train_periods + self.valid_periods + self.test_periods + 1
+
+    def split(self, scored_period: int) -> Split:
+        """Which split a 1-based scored period belongs to."""
+        index = scored_period - self.pretrain_periods - 2  # 0 for the first scored period
+        if index < self.train_periods:
+            return "train"
+        if index < self.train_periods + self.valid_periods:
+            return "valid"
+        return "test"
+
+
+@dataclass(frozen=True)
+class PeriodResult:
+    method: str
+    seed: int
+    period: int  # 1-based period the served model was scored on
+    split: Split
+    auc: float
+    logloss: float
+    rows: int
+    update_seconds: float
+    meta_seconds: float
+
+
+def period_bounds(n_rows: int, periods: int) -> list[tuple[int, int]]:
+    """Equal-count contiguous slices, refusing periods too small to score."""
+    if n_rows < periods * MIN_ROWS_PER_PERIOD:
+        raise DataError(
+            f"{n_rows} rows are too few for {periods} periods "
+            f"(need at least {periods * MIN_ROWS_PER_PERIOD}, {MIN_ROWS_PER_PERIOD} per period)"
+        )
+    return equal_count_bounds(n_rows, periods)
+
+
+def score(params: Params, ex: Examples, n_layers: int) -> tuple[float, float]:
+    probs = predict(params, ex, n_layers).numpy()
+    labels = ex.label.numpy()
+    return auc(labels, probs), logloss(labels, probs)
+
+
+class Replay:
+    """One data set cut into periods, with the pre-trained model per seed cached."""
+
+    def __init__(
+        self,
+        log: EncodedLog,
+        model_config: ModelConfig,
+        train_config: TrainConfig,
+        protocol: Protocol | None = None,
+        pretrain_config: TrainConfig | None = None,
+    ) -> None:
+        self.protocol = protocol or Protocol()
+        self.model_config = model_config
+        self.train_config = train_config
+        self.pretrain_config = pretrain_config or train_config
+        self.bounds = period_bounds(len(log), self.protocol.periods)
+        self.log = log
+        first = self.protocol.pretrain_periods
+        self.periods = {t: log.examples(*self.bounds[t - 1]) for t in range(first + 1, self.protocol.periods + 1)}
+        self._pretrained: dict[int, BaseLearner] = {}
+
+    def pretrained(self, seed: int) -> BaseLearner:
+        if seed not in self._pretrained:
+            learner = BaseLearner(self.model_config, self.pretrain_config, seed)
+            end = self.bounds[self.protocol.pretrain_periods - 1][1]
+            learner.fit(self.log.examples(0, end), epochs=self.protocol.pretrain_epochs)
+            # updating periods use the update settings, with the Adam moments carried over
+            for group in learner.optimizer.param_groups:
+                group["lr"] = self.train_config.lr
+            learner.train_config = self.train_config
+            self._pretrained[seed] = learner
+        return self._pretrained[seed].clone()
+
+    def run(
+        self,
+        method: str,
+        seed: int,
+        meta_overrides: dict[str, Any] | None = None,
+        on_period: Callable[[PeriodResult], None] | None = None,
+    ) -> list[PeriodResult]:
+        updater = make_updater(method, self.pretrained(seed), seed, meta_overrides)
+        return list(self.iterate(method, seed, updater, on_period))
+
+    def iterate(
+        self,
+        method: str,
+        seed: int,
+        updater: Updater,
+        on_period: Callable[[PeriodResult], None] | None = None,
+    ) -> Iterable[PeriodResult]:
+        n_layers = updater.learner.model.n_layers
+        first = self.protocol.pretrain_periods + 1
+        for t in range(first, self.protocol.periods):
+            started = time.perf_counter()
+            serving = updater.update(self.periods[t])
+            elapsed = time.perf_counter() - started
+            auc_value, loss_value = score(serving, self.periods[t + 1], n_layers)
+            result = PeriodResult(
+                method=method,
+                seed=seed,
+                period=t + 1,
+                split=self.protocol.split(t + 1),
+                auc=auc_value,
+                logloss=loss_value,
+                rows=len(self.periods[t + 1]),
+                update_seconds=elapsed,
+                meta_seconds=updater.last_meta_seconds if isinstance(updater, Asmg) else 0.0,
+            )
+            if on_period:
+                on_period(result)
+            yield result

@@ -1,0 +1,129 @@
+"""Turn per-period replay results into the paper's Table 1 and Figure 3."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trainer.replay import PeriodResult, Split
+
+
+def per_seed_means(results: Iterable[PeriodResult], split: Split) -> dict[str, dict[int, tuple[float, float]]]:
+    """method → seed → (mean AUC, mean LogLoss) over the split's periods."""
+    grouped: dict[tuple[str, int], list[PeriodResult]] = defaultdict(list)
+    for r in results:
+        if r.split == split:
+            grouped[(r.method, r.seed)].append(r)
+    out: dict[str, dict[int, tuple[float, float]]] = defaultdict(dict)
+    for (method, seed), rows in grouped.items():
+        out[method][seed] = (float(np.mean([r.auc for r in rows])), float(np.mean([r.logloss for r in rows])))
+    return dict(out)
+
+
+def summarise(
+    results: Sequence[PeriodResult], split: Split = "test", baseline: str = "iu"
+) -> dict[str, dict[str, Any]]:
+    """Mean ± std over seeds of each method's mean over the split's periods,
+    with the relative gain over ``baseline`` and the paired per-seed AUC
+    difference (mean, std, and how many standard deviations it clears)."""
+    table = per_seed_means(results, split)
+    base = table.get(baseline)
+    summary: dict[str, dict[str, Any]] = {}
+    for method, by_seed in table.items():
+        aucs = np.array([v[0] for v in by_seed.values()])
+        losses = np.array([v[1] for v in by_seed.values()])
+        row: dict[str, Any] = {
+            "auc_mean": float(aucs.mean()),
+            "auc_std": float(aucs.std(ddof=1)) if len(aucs) > 1 else 0.0,
+            "logloss_mean": float(losses.mean()),
+            "logloss_std": float(losses.std(ddof=1)) if len(losses) > 1 else 0.0,
+            "seeds": len(aucs),
+        }
+        if base is not None:
+            seeds = sorted(set(by_seed) & set(base))
+            diff = np.array([by_seed[s][0] - base[s][0] for s in seeds])
+            base_auc = float(np.mean([base[s][0] for s in seeds]))
+            base_loss = float(np.mean([base[s][1] for s in seeds]))
+            row["auc_imp_pct"] = 100.0 * (row["auc_mean"] - base_auc) / base_auc
+            row["logloss_imp_pct"] = 100.0 * (base_loss - row["logloss_mean"]) / base_loss
+            row["paired_auc_diff_mean"] = float(diff.mean())
+            row["paired_auc_diff_std"] = float(diff.std(ddof=1)) if len(diff) > 1 else 0.0
+        summary[method] = row
+    return summary
+
+
+def format_table(summary: dict[str, dict[str, Any]]) -> str:
+    lines = [f"{'method':<18} {'AUC':>17} {'LogLoss':>17} {'imp% AUC':>9} {'paired ΔAUC':>18}"]
+    for method, row in summary.items():
+        paired = ""
+        if "paired_auc_diff_mean" in row:
+            paired = f"{row['paired_auc_diff_mean']:+.4f} ± {row['paired_auc_diff_std']:.4f}"
+        imp = f"{row['auc_imp_pct']:+.2f}" if "auc_imp_pct" in row else ""
+        lines.append(
+            f"{method:<18} {row['auc_mean']:.4f} ± {row['auc_std']:.4f} "
+            f"{row['logloss_mean']:.4f} ± {row['logloss_std']:.4f} {imp:>9} {paired:>18}"
+        )
+    return "\n".join(lines)
+
+
+def write_periods_csv(results: Sequence[PeriodResult], path: Path) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[fl.name for fl in fields(PeriodResult)])
+        writer.writeheader()
+        writer.writerows(asdict(r) for r in results)
+
+
+def read_periods_csv(path: Path) -> list[PeriodResult]:
+    with path.open(newline="") as f:
+        return [
+            PeriodResult(
+                method=row["method"],
+                seed=int(row["seed"]),
+                period=int(row["period"]),
+                split=row["split"],  # type: ignore[arg-type]
+                auc=float(row["auc"]),
+                logloss=float(row["logloss"]),
+                rows=int(row["rows"]),
+                update_seconds=float(row["update_seconds"]),
+                meta_seconds=float(row["meta_seconds"]),
+            )
+            for row in csv.DictReader(f)
+        ]
+
+
+def write_summary(summary: dict[str, dict[str, Any]], path: Path) -> None:
+    path.write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def plot_auc(results: Sequence[PeriodResult], path: Path, title: str) -> None:
+    """Per-period AUC of each method, mean over seeds (the paper's Figure 3)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_method: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    test_periods = sorted({r.period for r in results if r.split == "test"})
+    for r in results:
+        by_method[r.method][r.period].append(r.auc)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for method, periods in by_method.items():
+        xs = sorted(periods)
+        ax.plot(xs, [np.mean(periods[p]) for p in xs], marker="o", markersize=3, label=method)
+    if test_periods:
+        ax.axvspan(test_periods[0] - 0.5, test_periods[-1] + 0.5, color="0.92", zorder=0, label="test periods")
+    ax.set_xlabel("period scored")
+    ax.set_ylabel("AUC (mean over seeds)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

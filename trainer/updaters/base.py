@@ -1,0 +1,32 @@
+"""The one interface every update method implements.
+
+``update(D_t)`` consumes the data of the period that just closed and returns
+the parameters to serve during the next period. Evaluating that return value
+on ``D_{t+1}`` before calling ``update(D_{t+1})`` is the paper's
+test-then-train protocol.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+from trainer.features import Examples
+from trainer.learner import BaseLearner
+from trainer.model import Params
+
+
+class Updater(ABC):
+    def __init__(self, learner: BaseLearner) -> None:
+        self.learner = learner
+
+    @abstractmethod
+    def update(self, period: Examples) -> Params:
+        """Learn from the closed period; return the model for the next one."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the next ``update`` needs, so a restart resumes exactly."""
+        return {"learner": self.learner.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.learner.load_state_dict(state["learner"])
