@@ -9,10 +9,13 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trainer.config import ModelConfig, TrainConfig
 from trainer.events import DataError, EventTable
+
+if TYPE_CHECKING:
+    from trainer.replay import PeriodResult
 
 log = logging.getLogger("asmg")
 
@@ -52,6 +55,11 @@ def add_replay_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--methods", type=_methods, default=_methods("iu,asmg-gru-multi"), help="comma list")
     p.add_argument("--seeds", type=_positive_int, default=1, help="number of seeds (0..N-1)")
     p.add_argument("--out", type=Path, default=Path("results/replay"), help="output directory")
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        help="torch threads (default: torch's choice; 1 when running replays side by side)",
+    )
     base = p.add_argument_group("base model (every method)")
     base.add_argument("--lr", type=_positive_float, default=TrainConfig.lr)
     base.add_argument("--batch-size", type=_positive_int, default=TrainConfig.batch_size)
@@ -106,13 +114,15 @@ def load_events(args: argparse.Namespace) -> tuple[str, EventTable]:
 
 
 def run_replay(args: argparse.Namespace) -> int:
+    import torch
     from tqdm import tqdm
 
     from trainer.features import encode_log
     from trainer.replay import Protocol, Replay
-    from trainer.report import format_table, plot_auc, summarise, write_periods_csv, write_summary
     from trainer.updaters import meta_config
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     overrides = meta_overrides(args)
     for method in args.methods:
         if method.startswith("asmg"):
@@ -131,12 +141,7 @@ def run_replay(args: argparse.Namespace) -> int:
         for method, seed in runs:
             bar.set_description(f"{method} seed {seed}")
             results += replay.run(method, seed, overrides, on_period=lambda _: bar.update())
-    args.out.mkdir(parents=True, exist_ok=True)
-    summary = summarise(results, "test")
-    write_periods_csv(results, args.out / "periods.csv")
-    write_summary(summary, args.out / "summary.json")
-    write_summary(summarise(results, "valid"), args.out / "summary_valid.json")
-    plot_auc(results, args.out / "auc.png", f"{name}: per-period AUC")
+    write_outputs(results, args.out, name)
     settings = {
         "data": name,
         "methods": args.methods,
@@ -148,9 +153,40 @@ def run_replay(args: argparse.Namespace) -> int:
         "seconds": time.perf_counter() - started,
     }
     (args.out / "config.json").write_text(json.dumps(settings, indent=2) + "\n")
-    print(f"{name}: mean over the {protocol.test_periods} test periods, {args.seeds} seed(s)")
+    return 0
+
+
+def write_outputs(results: list[PeriodResult], out: Path, name: str) -> None:
+    """Summaries, per-period CSV and plot into ``out``; the table to stdout."""
+    from trainer.report import format_table, plot_auc, summarise, write_periods_csv, write_summary
+
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarise(results, "test")
+    write_periods_csv(results, out / "periods.csv")
+    write_summary(summary, out / "summary.json")
+    write_summary(summarise(results, "valid"), out / "summary_valid.json")
+    plot_auc(results, out / "auc.png", f"{name}: per-period AUC")
+    seeds = len({r.seed for r in results})
+    tests = len({r.period for r in results if r.split == "test"})
+    print(f"{name}: mean over the {tests} test periods, {seeds} seed(s)")
     print(format_table(summary))
-    print(f"wrote {args.out}/summary.json, periods.csv, auc.png")
+    print(f"wrote {out}/summary.json, summary_valid.json, periods.csv, auc.png")
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from trainer.report import read_periods_csv
+
+    seen: set[tuple[str, int, int]] = set()
+    results = []
+    for directory in args.dirs:
+        path = directory / "periods.csv"
+        if not path.is_file():
+            raise DataError(f"{path} does not exist (expected the output of asmg replay)")
+        for r in read_periods_csv(path):
+            if (r.method, r.seed, r.period) not in seen:  # the first directory wins
+                seen.add((r.method, r.seed, r.period))
+                results.append(r)
+    write_outputs(results, args.out, args.title)
     return 0
 
 
@@ -161,12 +197,21 @@ def run_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_report_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="merge the periods.csv of several replays into one summary")
+    p.add_argument("dirs", type=Path, nargs="+", help="output directories of asmg replay")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--title", default="merged replay")
+    p.set_defaults(handler=run_report)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asmg", description="ASMG CTR model updating")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
     add_replay_parser(sub)
     add_fetch_parser(sub)
+    add_report_parser(sub)
     return parser
 
 

@@ -98,21 +98,25 @@ class CoordinateGRU(nn.Module):
         )
         return (1 - z) * h + z * candidate
 
-    def read(self, name: str, h: Tensor, last: Tensor) -> Tensor:
+    def read(self, name: str, h: Tensor, last: Tensor, scale: float = 1.0) -> Tensor:
         k = _key(name)
-        out = (h * self.out_w[k]).sum(-1) + self.out_b[k]
+        out = scale * ((h * self.out_w[k]).sum(-1) + self.out_b[k])
         return last + out if self.readout == "residual" else out
 
-    def run(self, name: str, inputs: Sequence[Tensor], h0: Tensor) -> tuple[list[Tensor], Tensor]:
+    def run(self, name: str, inputs: Sequence[Tensor], h0: Tensor, scale: float = 1.0) -> tuple[list[Tensor], Tensor]:
         """Feed a window of ``[R, c]`` versions; return every step's generated
         version and the hidden state after the *first* step (the next window's
-        initial state, since windows slide by one)."""
+        initial state, since windows slide by one).
+
+        The GRU sees ``θ / scale`` and its read-out is multiplied by ``scale``,
+        so a ``scale`` near the parameter's magnitude gives it inputs of order one.
+        """
         h, outputs, first = h0, [], h0
         for i, x in enumerate(inputs):
-            h = self.step(name, x, h)
+            h = self.step(name, x / scale, h)
             if i == 0:
                 first = h
-            outputs.append(self.read(name, h, x))
+            outputs.append(self.read(name, h, x, scale))
         return outputs, first
 
 

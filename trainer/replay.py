@@ -100,17 +100,19 @@ class Replay:
         self.periods = {t: log.examples(*self.bounds[t - 1]) for t in range(first + 1, self.protocol.periods + 1)}
         self._pretrained: dict[int, BaseLearner] = {}
 
-    def pretrained(self, seed: int) -> BaseLearner:
+    def pretrained(self, seed: int, train_config: TrainConfig | None = None) -> BaseLearner:
+        """A copy of Θ_0 for ``seed``, set up to update with ``train_config``
+        (default: the replay's), its Adam moments carried over."""
         if seed not in self._pretrained:
             learner = BaseLearner(self.model_config, self.pretrain_config, seed)
             end = self.bounds[self.protocol.pretrain_periods - 1][1]
             learner.fit(self.log.examples(0, end), epochs=self.protocol.pretrain_epochs)
-            # updating periods use the update settings, with the Adam moments carried over
-            for group in learner.optimizer.param_groups:
-                group["lr"] = self.train_config.lr
-            learner.train_config = self.train_config
             self._pretrained[seed] = learner
-        return self._pretrained[seed].clone()
+        learner = self._pretrained[seed].clone()
+        learner.train_config = train_config or self.train_config
+        for group in learner.optimizer.param_groups:
+            group["lr"] = learner.train_config.lr
+        return learner
 
     def run(
         self,
@@ -118,8 +120,9 @@ class Replay:
         seed: int,
         meta_overrides: dict[str, Any] | None = None,
         on_period: Callable[[PeriodResult], None] | None = None,
+        train_config: TrainConfig | None = None,
     ) -> list[PeriodResult]:
-        updater = make_updater(method, self.pretrained(seed), seed, meta_overrides)
+        updater = make_updater(method, self.pretrained(seed, train_config), seed, meta_overrides)
         return list(self.iterate(method, seed, updater, on_period))
 
     def iterate(

@@ -43,6 +43,9 @@ class MetaConfig:
     epochs: int = 1
     readout: Readout = "plain"
     gate_bias: bool = False
+    # divide each tensor's inputs by its RMS in the newest version (and scale
+    # the read-out back), so the GRU sees values of order one: a choice, measured
+    input_scale: bool = False
     warmup: int = 1  # periods of meta training before generated models are served
 
     def __post_init__(self) -> None:
@@ -50,6 +53,8 @@ class MetaConfig:
             raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}")
         if self.window < 1 or self.hidden < 1 or self.batch_size < 1 or self.epochs < 1:
             raise ValueError("window, hidden, batch_size and epochs must be positive")
+        if self.warmup < 0:
+            raise ValueError("warmup must not be negative")
 
 
 def step_weights(strategy: Strategy, steps: int) -> list[float]:
@@ -115,7 +120,7 @@ class Asmg(Updater):
             self._train_meta(window, [*self.periods[len(self.periods) - len(window) + 1 :], period], h0)
             self.last_meta_seconds = time.perf_counter() - started
             if self.carries_state:
-                self.hidden = self._advance(window[0], h0)
+                self.hidden = self._advance(window[0], window[-1], h0)
             self.meta_periods += 1
         self.learner.fit(period)
         self.models.append(self.learner.params())
@@ -129,12 +134,19 @@ class Asmg(Updater):
 
     # -- the generator over parameter sequences ---------------------------------
 
-    def _run(self, name: str, inputs: list[Tensor], h0: Tensor | None) -> tuple[list[Tensor | None], Tensor | None]:
+    def _run(
+        self, name: str, inputs: list[Tensor], h0: Tensor | None, scale: float
+    ) -> tuple[list[Tensor | None], Tensor | None]:
         if isinstance(self.generator, LinearCombiner):
             return [None] * (len(inputs) - 1) + [self.generator.combine(name, inputs)], None
         h = h0 if h0 is not None else self.generator.zero_state(name, inputs[0].shape[0])
-        outputs, first = self.generator.run(name, inputs, h)
+        outputs, first = self.generator.run(name, inputs, h, scale)
         return list(outputs), first
+
+    def _scales(self, newest: Params) -> dict[str, float]:
+        if not self.meta.input_scale:
+            return dict.fromkeys(newest, 1.0)
+        return {name: max(float(value.pow(2).mean().sqrt()), 1e-8) for name, value in newest.items()}
 
     def _train_meta(self, window: list[Params], targets: list[Examples], h0: dict[str, Tensor] | None) -> None:
         weights = step_weights(self.meta.strategy, len(window))
@@ -173,6 +185,7 @@ class Asmg(Updater):
         """Every window step's generated parameters; embedding tables hold only
         ``rows[table]`` (all rows when ``rows`` is None)."""
         generated: list[Params] = [{} for _ in window]
+        scales = self._scales(window[-1])
         for name, shape in self.shapes.items():
             if name in EMBEDDING_TABLES and rows is not None:
                 inputs = [m[name][rows[name]] for m in window]
@@ -180,21 +193,22 @@ class Asmg(Updater):
             else:
                 inputs = [as_rows(name, m[name]) for m in window]
                 h = h0[name] if h0 is not None else None
-            outputs, _ = self._run(name, inputs, h)
+            outputs, _ = self._run(name, inputs, h, scales[name])
             for j, out in enumerate(outputs):
                 if out is not None:
                     generated[j][name] = out if name in EMBEDDING_TABLES else out.reshape(shape)
         return generated
 
     @torch.no_grad()
-    def _advance(self, first: Params, h0: dict[str, Tensor] | None) -> dict[str, Tensor]:
+    def _advance(self, first: Params, newest: Params, h0: dict[str, Tensor] | None) -> dict[str, Tensor]:
         """The hidden state after the window's first version, for every row."""
         assert isinstance(self.generator, CoordinateGRU)
         state = {}
+        scales = self._scales(newest)
         for name in self.shapes:
             x = as_rows(name, first[name])
             h = h0[name] if h0 is not None else self.generator.zero_state(name, x.shape[0])
-            state[name] = self.generator.step(name, x, h)
+            state[name] = self.generator.step(name, x / scales[name], h)
         return state
 
     @torch.no_grad()
