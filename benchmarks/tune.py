@@ -41,13 +41,20 @@ def grids(base: dict[str, Any]) -> dict[str, Grid]:
         ],
         "meta": [
             ("iu", "iu", base, {}),
-            ("multi paper (plain, 1e-2)", "asmg-gru-multi", base, {"readout": "plain", "lr": 1e-2}),
+            ("multi paper (plain 1e-2)", "asmg-gru-multi", base, {"readout": "plain", "lr": 1e-2}),
             ("multi residual 1e-2", "asmg-gru-multi", base, {"lr": 1e-2}),
             ("multi residual 1e-3", "asmg-gru-multi", base, {"lr": 1e-3}),
             ("multi residual 1e-4", "asmg-gru-multi", base, {"lr": 1e-4}),
             ("multi residual 1e-3 b256", "asmg-gru-multi", base, {"lr": 1e-3, "batch_size": 256}),
             ("multi residual 1e-3 scaled", "asmg-gru-multi", base, {"lr": 1e-3, "input_scale": True}),
             ("multi residual 1e-2 scaled", "asmg-gru-multi", base, {"lr": 1e-2, "input_scale": True}),
+            ("multi residual 1e-3 k5", "asmg-gru-multi", base, {"lr": 1e-3, "window": 5}),
+            ("multi residual 1e-3 d8", "asmg-gru-multi", base, {"lr": 1e-3, "hidden": 8}),
+            ("multi residual 1e-3 gate-bias", "asmg-gru-multi", base, {"lr": 1e-3, "gate_bias": True}),
+            ("linear 1e-3", "asmg-linear", base, {"lr": 1e-3}),
+            ("multi residual 3e-3", "asmg-gru-multi", base, {"lr": 3e-3}),
+            ("multi residual 1e-3 e2", "asmg-gru-multi", base, {"lr": 1e-3, "epochs": 2}),
+            ("multi residual 1e-3 b512", "asmg-gru-multi", base, {"lr": 1e-3, "batch_size": 512}),
         ],
     }
 
@@ -58,13 +65,13 @@ def main() -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--grid", default="base")
     parser.add_argument("--base", default="{}", help="JSON base-model settings for the meta grid")
-    parser.add_argument("--only", help="comma list of labels to run")
+    parser.add_argument("--only", help="labels to run, separated by |")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(1)
     grid = grids(json.loads(args.base))[args.grid]
     if args.only:
-        wanted = set(args.only.split(","))
+        wanted = set(args.only.split("|"))
         grid = [g for g in grid if g[0] in wanted or g is grid[0]]
     config = ModelConfig()
     replay = Replay(encode_log(load_dataset(args.dataset), config), config, TrainConfig())

@@ -25,9 +25,9 @@ def write_ratings(directory: Path, n: int, seed: int = 0) -> Path:
 def test_replay_writes_summary_periods_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = write_ratings(tmp_path, 31 * 40)
     out = tmp_path / "out"
+    small = ["--buckets", "256", "--pretrain-epochs", "2", "--batch-size", "64", "--meta-batch", "64"]
     code = main(
-        ["replay", "--data", str(data), "--methods", "iu,asmg-gru-multi", "--seeds", "2", "--out", str(out)]
-        + ["--buckets", "256", "--pretrain-epochs", "2", "--batch-size", "64", "--meta-batch", "64"]
+        ["replay", "--data", str(data), "--methods", "iu,asmg-gru-multi", "--seeds", "2", "--out", str(out), *small]
     )
     assert code == 0
     summary = json.loads((out / "summary.json").read_text())
@@ -40,8 +40,11 @@ def test_replay_writes_summary_periods_and_plot(tmp_path: Path, capsys: pytest.C
     assert (out / "auc.png").read_bytes().startswith(b"\x89PNG")
     assert "asmg-gru-multi" in capsys.readouterr().out
     # merging that run with itself changes nothing: duplicates are dropped
-    assert main(["report", str(out), str(out), "--out", str(tmp_path / "merged")]) == 0
+    capsys.readouterr()
+    assert main(["report", str(out), str(out), "--out", str(tmp_path / "merged"), "--markdown"]) == 0
     assert json.loads((tmp_path / "merged" / "summary.json").read_text()) == summary
+    table = capsys.readouterr().out
+    assert "| iu |" in table and "| asmg-gru-multi |" in table and "**" in table
 
 
 def test_report_on_a_directory_without_results(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -76,7 +76,7 @@ def add_replay_parser(sub: argparse._SubParsersAction) -> None:
     meta.add_argument("--meta-batch", type=_positive_int)
     meta.add_argument("--meta-epochs", type=_positive_int)
     meta.add_argument("--readout", choices=("plain", "residual"), help="plain is the paper's form")
-    meta.add_argument("--gate-bias", action="store_true", default=None)
+    meta.add_argument("--gate-bias", action=argparse.BooleanOptionalAction, help="biases in the GRU gates")
     meta.add_argument("--warmup", type=int, help="meta-training periods before generated models serve")
     p.set_defaults(handler=run_replay)
 
@@ -156,9 +156,9 @@ def run_replay(args: argparse.Namespace) -> int:
     return 0
 
 
-def write_outputs(results: list[PeriodResult], out: Path, name: str) -> None:
+def write_outputs(results: list[PeriodResult], out: Path, name: str, markdown: bool = False) -> None:
     """Summaries, per-period CSV and plot into ``out``; the table to stdout."""
-    from trainer.report import format_table, plot_auc, summarise, write_periods_csv, write_summary
+    from trainer.report import format_markdown, format_table, plot_auc, summarise, write_periods_csv, write_summary
 
     out.mkdir(parents=True, exist_ok=True)
     summary = summarise(results, "test")
@@ -169,7 +169,7 @@ def write_outputs(results: list[PeriodResult], out: Path, name: str) -> None:
     seeds = len({r.seed for r in results})
     tests = len({r.period for r in results if r.split == "test"})
     print(f"{name}: mean over the {tests} test periods, {seeds} seed(s)")
-    print(format_table(summary))
+    print(format_markdown(summary) if markdown else format_table(summary))
     print(f"wrote {out}/summary.json, summary_valid.json, periods.csv, auc.png")
 
 
@@ -186,7 +186,7 @@ def run_report(args: argparse.Namespace) -> int:
             if (r.method, r.seed, r.period) not in seen:  # the first directory wins
                 seen.add((r.method, r.seed, r.period))
                 results.append(r)
-    write_outputs(results, args.out, args.title)
+    write_outputs(results, args.out, args.title, args.markdown)
     return 0
 
 
@@ -202,6 +202,7 @@ def add_report_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dirs", type=Path, nargs="+", help="output directories of asmg replay")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--title", default="merged replay")
+    p.add_argument("--markdown", action="store_true", help="print the table as markdown")
     p.set_defaults(handler=run_report)
 
 

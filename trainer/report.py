@@ -73,6 +73,29 @@ def format_table(summary: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def format_markdown(summary: dict[str, dict[str, Any]]) -> str:
+    """Table 1 as markdown; the best AUC and LogLoss are in bold."""
+    best_auc = max(row["auc_mean"] for row in summary.values())
+    best_loss = min(row["logloss_mean"] for row in summary.values())
+    lines = [
+        "| method | AUC | LogLoss | imp% AUC | paired ΔAUC vs IU (mean ± std) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for method, row in summary.items():
+        auc_text = f"{row['auc_mean']:.4f} ± {row['auc_std']:.4f}"
+        loss_text = f"{row['logloss_mean']:.4f} ± {row['logloss_std']:.4f}"
+        if row["auc_mean"] == best_auc:
+            auc_text = f"**{auc_text}**"
+        if row["logloss_mean"] == best_loss:
+            loss_text = f"**{loss_text}**"
+        imp = f"{row['auc_imp_pct']:+.2f}" if "auc_imp_pct" in row else ""
+        paired = ""
+        if "paired_auc_diff_mean" in row:
+            paired = f"{row['paired_auc_diff_mean']:+.4f} ± {row['paired_auc_diff_std']:.4f}"
+        lines.append(f"| {method} | {auc_text} | {loss_text} | {imp} | {paired} |")
+    return "\n".join(lines)
+
+
 def write_periods_csv(results: Sequence[PeriodResult], path: Path) -> None:
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=[fl.name for fl in fields(PeriodResult)])

@@ -13,7 +13,7 @@ from trainer.updaters.incremental import BatchUpdate
 # The configuration each ASMG name runs by default: chosen on the validation
 # periods (docs/results.md). The paper's exact form is
 # ``readout="plain", lr=1e-2``, reachable through replace()/CLI options.
-CHOSEN_META = MetaConfig(readout="residual", lr=1e-3)
+CHOSEN_META = MetaConfig(readout="residual", lr=1e-3, gate_bias=True)
 
 METHODS: tuple[str, ...] = (
     "iu",
