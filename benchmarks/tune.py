@@ -74,14 +74,19 @@ def main() -> int:
         wanted = set(args.only.split("|"))
         grid = [g for g in grid if g[0] in wanted or g is grid[0]]
     config = ModelConfig()
-    replay = Replay(encode_log(load_dataset(args.dataset), config), config, TrainConfig())
+    log = encode_log(load_dataset(args.dataset), config)
+    # as in `asmg replay`, Θ_0 is pre-trained with the same base settings the updates use
+    replays: dict[TrainConfig, Replay] = {}
     rows = []
     for label, method, base, meta in grid:
         train = TrainConfig(**{**asdict(TrainConfig()), **base})
+        if train not in replays:
+            replays[train] = Replay(log, config, train)
+        replay = replays[train]
         started = time.perf_counter()
         per_seed = []
         for seed in range(args.seeds):
-            results = replay.run(method, seed, meta, train_config=train)
+            results = replay.run(method, seed, meta)
             per_seed.append(float(np.mean([r.auc for r in results if r.split == "valid"])))
         rows.append(
             {

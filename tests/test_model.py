@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from trainer.config import ModelConfig
+from trainer.features import EncodedLog, Examples, hash_id, hash_ids
+from trainer.model import EmbMLP, checkpoint_bytes, load_checkpoint, logits
+
+
+def one_example(user: int, item: int, cats: list[int], hist: list[int], hist_cats: list[list[int]]) -> Examples:
+    return Examples(
+        user=torch.tensor([user], dtype=torch.int32),
+        item=torch.tensor([item], dtype=torch.int32),
+        item_cats=torch.tensor([cats], dtype=torch.int32),
+        hist_items=torch.tensor([hist], dtype=torch.int32),
+        hist_cats=torch.tensor([hist_cats], dtype=torch.int32),
+        label=torch.tensor([1.0]),
+    )
+
+
+def test_default_sizes_follow_the_paper() -> None:
+    model = EmbMLP(ModelConfig())
+    assert [tuple(layer.weight.shape) for layer in model.mlp] == [(20, 40), (10, 20), (1, 10)]
+    assert model.item_emb.shape[1] == 8
+
+
+def test_padding_does_not_change_the_score(small_config: ModelConfig) -> None:
+    params = EmbMLP(small_config).params()
+    plain = one_example(1, 2, [3], [4, 5], [[6], [7]])
+    padded = one_example(1, 2, [3, -1], [-1, 4, 5], [[-1, -1], [6, -1], [7, -1]])
+    torch.testing.assert_close(logits(params, plain, 3), logits(params, padded, 3))
+
+
+def test_history_is_the_mean_of_item_vectors(small_config: ModelConfig) -> None:
+    params = EmbMLP(small_config).params()
+    both = one_example(1, 2, [3], [4, 5], [[6], [7]])
+    # the same history listed twice has the same mean
+    doubled = one_example(1, 2, [3], [4, 5, 4, 5], [[6], [7], [6], [7]])
+    torch.testing.assert_close(logits(params, both, 3), logits(params, doubled, 3))
+    # an empty history is a zero vector, different from a non-empty one
+    empty = one_example(1, 2, [3], [-1], [[-1]])
+    assert not torch.allclose(logits(params, both, 3), logits(params, empty, 3))
+
+
+def test_checkpoint_round_trip_rebuilds_the_model(small_config: ModelConfig, small_log: EncodedLog) -> None:
+    model = EmbMLP(small_config)
+    blob = checkpoint_bytes(small_config, model.params(), {"period": 7, "method": "iu"})
+    config, params, meta = load_checkpoint(blob)
+    assert config == small_config and meta == {"period": 7, "method": "iu"}
+    rebuilt = EmbMLP(config)
+    rebuilt.load_params(params)
+    ex = small_log.examples(0, 50)
+    torch.testing.assert_close(rebuilt(ex), model(ex))
+
+
+def test_unseen_ids_hash_into_the_table_stably() -> None:
+    rows = hash_ids(np.array(["a", "never-seen", "a", "42"], dtype=object), 1000, "item")
+    assert rows[0] == rows[2] and all(0 <= r < 1000 for r in rows)
+    assert hash_id("42", 1000, "item") == rows[3]
+
+
+def test_hashing_spreads_ids_over_the_buckets() -> None:
+    ids = np.array([str(i) for i in range(4000)], dtype=object)
+    rows = hash_ids(ids, 1 << 16, "item")
+    # uniform hashing of 4000 ids into 65,536 rows collides ~120 times
+    assert len(ids) - len(set(rows.tolist())) < 200
