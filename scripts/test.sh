@@ -2,11 +2,17 @@
 # Set up a virtual environment (if missing) and run lint, types and tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# the tests start their own redis-server on a free loopback port; install Debian's if it is missing
+if ! command -v redis-server >/dev/null 2>&1; then
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq && $sudo_cmd apt-get install -y -qq redis-server >/dev/null
+fi
 python3 -m venv .venv
 # torch is pinned to the CPU build (the wheel a plain `torch` would replace with a CUDA one)
 .venv/bin/pip install --quiet --disable-pip-version-check -e '.[dev]'
-.venv/bin/ruff check trainer tests benchmarks
-.venv/bin/ruff format --check trainer tests benchmarks
+.venv/bin/ruff check trainer app tests benchmarks
+.venv/bin/ruff format --check trainer app tests benchmarks
 .venv/bin/mypy
 set +e
 .venv/bin/pytest -q "$@"

@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -206,18 +207,21 @@ def add_report_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run_report)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="asmg", description="ASMG CTR model updating")
+AddParsers = Callable[[argparse._SubParsersAction], None]
+
+
+def build_parser(extra: Sequence[AddParsers] = ()) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="asmg", description="ASMG CTR model updating and serving")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
-    add_replay_parser(sub)
-    add_fetch_parser(sub)
-    add_report_parser(sub)
+    for add in (add_replay_parser, add_fetch_parser, add_report_parser, *extra):
+        add(sub)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, extra: Sequence[AddParsers] = ()) -> int:
+    """Run one ``asmg`` command; ``extra`` adds commands (the service's, from ``app.cli``)."""
+    args = build_parser(extra).parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return int(args.handler(args))

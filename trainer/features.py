@@ -8,7 +8,9 @@ and an id never seen before still maps to a row.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
@@ -17,10 +19,15 @@ from torch import Tensor
 
 from trainer.config import ModelConfig
 from trainer.events import EventTable
-from trainer.history import build_histories
+from trainer.history import HistoryBuilder, build_histories
+
+# an item as the model sees it: its row and its category rows
+ItemRef = tuple[int, tuple[int, ...]]
 
 
+@lru_cache(maxsize=1 << 18)
 def hash_id(value: str, buckets: int, salt: str) -> int:
+    # cached: the service hashes the same popular ids on every request
     digest = hashlib.blake2b(value.encode(), digest_size=8, person=salt.encode()[:16]).digest()
     return int.from_bytes(digest, "little") % buckets
 
@@ -123,3 +130,76 @@ def encode_log(table: EventTable, config: ModelConfig) -> EncodedLog:
         history=build_histories(table.user.tolist(), table.timestamp, table.label, config.history_length),
         label=table.label.astype(np.float32),
     )
+
+
+def item_ref(item_id: str, categories: Sequence[str], config: ModelConfig) -> ItemRef:
+    return (
+        hash_id(item_id, config.item_buckets, "item"),
+        tuple(hash_id(c, config.category_buckets, "cat") for c in categories),
+    )
+
+
+def examples_from_refs(
+    users: Sequence[int],
+    items: Sequence[ItemRef],
+    histories: Sequence[Sequence[ItemRef]],
+    labels: Sequence[float],
+    config: ModelConfig,
+) -> Examples:
+    """Rows of (user row, candidate, history) → padded tensors."""
+    n, length = len(items), config.history_length
+    width = max(
+        1,
+        max((len(cats) for _, cats in items), default=0),
+        max((len(cats) for h in histories for _, cats in h), default=0),
+    )
+    item = np.fromiter((row for row, _ in items), dtype=np.int32, count=n)
+    item_cats = np.full((n, width), -1, dtype=np.int32)
+    hist_items = np.full((n, length), -1, dtype=np.int32)
+    hist_cats = np.full((n, length, width), -1, dtype=np.int32)
+    for i, (_, cats) in enumerate(items):
+        item_cats[i, : len(cats)] = cats
+    for i, history in enumerate(histories):
+        recent = list(history)[-length:] if length else []
+        offset = length - len(recent)  # right-aligned, oldest first, as in the replay
+        for j, (row, cats) in enumerate(recent):
+            hist_items[i, offset + j] = row
+            hist_cats[i, offset + j, : len(cats)] = cats
+    return Examples(
+        user=torch.tensor(list(users), dtype=torch.int32),
+        item=torch.from_numpy(item),
+        item_cats=torch.from_numpy(item_cats),
+        hist_items=torch.from_numpy(hist_items),
+        hist_cats=torch.from_numpy(hist_cats),
+        label=torch.tensor(list(labels), dtype=torch.float32),
+    )
+
+
+def user_row(user_id: str, config: ModelConfig) -> int:
+    return hash_id(user_id, config.user_buckets, "user")
+
+
+def encode_stream(
+    events: Sequence[tuple[str, str, Sequence[str], int]],
+    config: ModelConfig,
+    builder: HistoryBuilder[ItemRef],
+    first_seq: int,
+) -> Examples:
+    """Logged ``(user, item, categories, label)`` events, in log order → examples.
+
+    Each event's history is the user's positives logged before it; ``builder``
+    carries them from earlier periods and is updated in place. Log position
+    (``first_seq`` onwards), not the client's timestamp, orders events, so the
+    trainer sees exactly the history the API served at the time.
+    """
+    users, items, histories, labels = [], [], [], []
+    for offset, (user, item, categories, label) in enumerate(events):
+        seq = first_seq + offset
+        ref = item_ref(item, categories, config)
+        users.append(user_row(user, config))
+        items.append(ref)
+        histories.append(builder.history(user, seq))
+        labels.append(float(label))
+        if label:
+            builder.add(user, seq, ref)
+    return examples_from_refs(users, items, histories, labels, config)

@@ -26,6 +26,13 @@ class HistoryBuilder(Generic[Ref]):
         self.length = length
         self._clicks: dict[Hashable, list[tuple[int, Ref]]] = {}
 
+    def state_dict(self) -> dict[Hashable, list[tuple[int, Ref]]]:
+        """Per user, the clicks later queries can still see (already trimmed by ``add``)."""
+        return {user: list(clicks) for user, clicks in self._clicks.items()}
+
+    def load_state_dict(self, state: dict[Hashable, list[tuple[int, Ref]]]) -> None:
+        self._clicks = {user: [(int(ts), ref) for ts, ref in clicks] for user, clicks in state.items()}
+
     def history(self, user: Hashable, timestamp: int) -> list[Ref]:
         """Refs of the user's latest positives before ``timestamp``, oldest first."""
         clicks = self._clicks.get(user, ())

@@ -128,9 +128,12 @@ class Asmg(Updater):
         if self.meta.strategy != "full":
             del self.models[: -self.meta.window]
             del self.periods[: -self.meta.window]
-        if self.meta_periods >= self.meta.warmup and self.meta_periods > 0:
-            return self.generate()
-        return self.learner.params()
+        return self.generate() if self.generating else self.learner.params()
+
+    @property
+    def generating(self) -> bool:
+        """Whether ``update`` now returns a generated model (False in warm-up: IU)."""
+        return self.meta_periods >= self.meta.warmup and self.meta_periods > 0
 
     # -- the generator over parameter sequences ---------------------------------
 

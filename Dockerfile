@@ -1,0 +1,24 @@
+# asmg-serve: the API (`asmg serve`) and the trainer (`asmg trainer`) from one image.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    ASMG_HOST=0.0.0.0 \
+    ASMG_PORT=8000 \
+    ASMG_STATE_DIR=/var/lib/asmg
+
+WORKDIR /opt/asmg
+# the CPU build of torch first, from PyTorch's CPU index: the default wheel carries CUDA (several GB)
+RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
+COPY pyproject.toml README.md ./
+COPY trainer ./trainer
+COPY app ./app
+RUN pip install . \
+    && useradd --system --uid 10001 --home-dir /var/lib/asmg --create-home asmg
+
+USER asmg
+EXPOSE 8000
+HEALTHCHECK --interval=15s --timeout=3s --start-period=30s --retries=3 \
+    CMD python -c "import os, urllib.request; urllib.request.urlopen(f'http://127.0.0.1:{os.environ.get(\"ASMG_PORT\", \"8000\")}/healthz', timeout=2)"
+CMD ["asmg", "serve"]

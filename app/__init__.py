@@ -1,0 +1,1 @@
+"""The HTTP API: scoring, interaction logging, admin, metrics."""

@@ -1,0 +1,103 @@
+"""``asmg``: the replay commands of ``trainer.cli`` plus ``serve``, ``trainer`` and ``demo``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import FrameType
+
+from redis.exceptions import RedisError
+
+from trainer import cli as trainer_cli
+from trainer.settings import Settings
+from trainer.store.base import StoreError
+from trainer.worker import ModelLoadError
+
+log = logging.getLogger("asmg")
+
+
+def _settings(**overrides: object) -> Settings:
+    """ASMG_* variables, with command-line options on top."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from app.main import create_app
+
+    settings = _settings(host=args.host, port=args.port)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info", access_log=False)
+    return 0
+
+
+def run_trainer_command(args: argparse.Namespace) -> int:
+    from trainer.schedule import start_rollover_schedule
+    from trainer.store import open_store
+    from trainer.worker import PeriodTrainer, ensure_initial_model, report_dict, run_trainer
+
+    settings = _settings()
+    store = open_store(settings)
+    try:
+        ensure_initial_model(store, settings)
+        trainer = PeriodTrainer(store, settings)
+        if args.once:
+            for report in trainer.train_pending():
+                print(report_dict(report))
+            store.release_lease(trainer.owner)
+            return 0
+        stop = threading.Event()
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            stop.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        scheduler = start_rollover_schedule(store, settings, trainer.owner)
+        log.info("trainer %s running (method %s)", trainer.owner, settings.method)
+        run_trainer(store, settings, stop, trainer)
+        if scheduler:
+            scheduler.shutdown(wait=False)
+        return 0
+    finally:
+        store.close()
+
+
+def run_demo_command(args: argparse.Namespace) -> int:
+    from app.demo import run_demo
+
+    return run_demo(periods=args.periods, state_dir=args.state_dir, port=args.port, seed=args.seed)
+
+
+def add_service_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="start the HTTP API (and, on the embedded store, the trainer)")
+    p.add_argument("--host", help="bind address (ASMG_HOST, default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (ASMG_PORT, default 8000)")
+    p.set_defaults(handler=run_serve)
+
+    p = sub.add_parser("trainer", help="run the trainer alone: train each closed period, publish, notify")
+    p.add_argument("--once", action="store_true", help="train the closed periods waiting now, then exit")
+    p.set_defaults(handler=run_trainer_command)
+
+    p = sub.add_parser("demo", help="run the service on the embedded store with simulated drifting traffic")
+    p.add_argument("--periods", type=trainer_cli._positive_int, default=12, help="periods to simulate")
+    p.add_argument("--state-dir", type=Path, help="keep the demo's store here (default: a temporary directory)")
+    p.add_argument("--port", type=int, default=0, help="port of the demo server (default: any free one)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=run_demo_command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return trainer_cli.main(argv, extra=[add_service_parsers])
+    except (StoreError, ModelLoadError, RedisError) as exc:
+        print(f"asmg: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

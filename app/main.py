@@ -1,0 +1,229 @@
+"""The FastAPI application: scoring, interaction logging, health and metrics.
+
+``create_app`` wires one process: the store, the served-model reference and
+its swap watcher, and, on the embedded default, the trainer and the rollover
+schedule as background threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from apscheduler.schedulers.background import BackgroundScheduler
+from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import RedisError
+
+from app.admin import admin_router
+from app.metrics import RequestMetrics, ServiceMetrics
+from app.schemas import (
+    Health,
+    InteractionsAccepted,
+    InteractionsRequest,
+    PredictRequest,
+    PredictResponse,
+    Problem,
+    Ready,
+)
+from app.serving import ModelHolder, ServedModel, SwapWatcher
+from trainer.schedule import start_rollover_schedule
+from trainer.settings import Settings
+from trainer.store import open_store
+from trainer.store.base import Interaction, Store
+from trainer.worker import PeriodTrainer, ensure_initial_model, run_trainer
+
+log = logging.getLogger("asmg.api")
+
+
+@dataclass
+class Runtime:
+    """What one API process owns while it runs."""
+
+    settings: Settings
+    store: Store
+    holder: ModelHolder
+    metrics: ServiceMetrics
+    watcher: SwapWatcher
+    stop: threading.Event = field(default_factory=threading.Event)
+    threads: list[threading.Thread] = field(default_factory=list)
+    scheduler: BackgroundScheduler | None = None
+
+
+def invalid(loc: Sequence[str | int], message: str, kind: str = "value_error") -> RequestValidationError:
+    """A 422 shaped like FastAPI's own, naming the offending field."""
+    return RequestValidationError([{"type": kind, "loc": ("body", *loc), "msg": message, "input": None}])
+
+
+def check_id(value: str | int, loc: Sequence[str | int], limit: int) -> str:
+    text = str(value)
+    if not text or len(text) > limit:
+        raise invalid(
+            loc, f"ids must be 1 to {limit} characters long", "string_too_long" if text else "string_too_short"
+        )
+    return text
+
+
+def check_categories(values: list[str | int], loc: Sequence[str | int], settings: Settings) -> tuple[str, ...]:
+    if len(values) > settings.max_categories:
+        raise invalid(loc, f"at most {settings.max_categories} categories per item", "too_long")
+    return tuple(check_id(c, (*loc, i), settings.max_id_length) for i, c in enumerate(values))
+
+
+def create_app(settings: Settings | None = None, store: Store | None = None) -> FastAPI:
+    settings = settings or Settings()
+    owns_store = store is None
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        torch.set_num_threads(settings.torch_threads)
+        runtime = start_runtime(settings, store or open_store(settings), app.state.metrics)
+        app.state.runtime = runtime
+        try:
+            yield
+        finally:
+            stop_runtime(runtime, close_store=owns_store)
+
+    app = FastAPI(
+        title="asmg-serve",
+        summary="CTR scoring with a model that keeps itself up to date with ASMG.",
+        version="0.1.0",
+        lifespan=lifespan,
+        responses={503: {"model": Problem, "description": "No model loaded yet, or the store is unreachable."}},
+    )
+    metrics = ServiceMetrics()
+    app.state.metrics = metrics
+    app.add_middleware(RequestMetrics, metrics=metrics)
+
+    def runtime(request: Request) -> Runtime:
+        rt: Runtime = request.app.state.runtime
+        return rt
+
+    @app.exception_handler(RedisError)
+    @app.exception_handler(sqlite3.Error)
+    async def store_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        log.error("store error on %s: %s", request.url.path, exc)
+        return JSONResponse({"detail": "the store is unavailable; retry later"}, status_code=503)
+
+    @app.post("/v1/predict", response_model=PredictResponse, tags=["scoring"])
+    def predict(body: PredictRequest, request: Request) -> PredictResponse:
+        """Click probabilities of the candidates for this user, from the serving model.
+
+        The user's history is the service's own record of their latest clicks.
+        """
+        rt = runtime(request)
+        s = rt.settings
+        if len(body.items) > s.max_items:
+            raise invalid(["items"], f"at most {s.max_items} items per request", "too_long")
+        user = check_id(body.user_id, ["user_id"], s.max_id_length)
+        items = [
+            (
+                check_id(c.item_id, ["items", i, "item_id"], s.max_id_length),
+                list(check_categories(c.categories, ["items", i, "categories"], s)),
+            )
+            for i, c in enumerate(body.items)
+        ]
+        model: ServedModel | None = rt.holder.current  # read once: one version per response
+        if model is None:
+            raise HTTPException(503, "no model is loaded yet")
+        history = rt.store.recent_clicks(user, model.config.history_length) if model.config.history_length else []
+        scores = model.score(user, items, history)
+        rt.metrics.items_scored.inc(len(scores))
+        return PredictResponse(scores=scores, model_version=model.version, period=model.period)
+
+    @app.post("/v1/interactions", status_code=202, response_model=InteractionsAccepted, tags=["logging"])
+    def interactions(body: InteractionsRequest, request: Request) -> InteractionsAccepted:
+        """Log impressions and clicks. A 2xx means every event is durably in the log."""
+        rt = runtime(request)
+        s = rt.settings
+        if len(body.events) > s.max_events:
+            raise invalid(["events"], f"at most {s.max_events} events per request", "too_long")
+        now = time.time()
+        events = [
+            Interaction(
+                user_id=check_id(e.user_id, ["events", i, "user_id"], s.max_id_length),
+                item_id=check_id(e.item_id, ["events", i, "item_id"], s.max_id_length),
+                categories=check_categories(e.categories, ["events", i, "categories"], s),
+                label=int(e.label),
+                timestamp=e.timestamp if e.timestamp is not None else now,
+            )
+            for i, e in enumerate(body.events)
+        ]
+        period = rt.store.append(events, s.history_length)
+        rt.metrics.interactions.inc(len(events))
+        return InteractionsAccepted(accepted=len(events), period=period)
+
+    @app.get("/healthz", response_model=Health, tags=["health"])
+    def healthz() -> Health:
+        """The process is up."""
+        return Health()
+
+    @app.get("/readyz", response_model=Ready, tags=["health"], responses={503: {"model": Ready}})
+    def readyz(request: Request) -> Any:
+        """A model is loaded and the store answers."""
+        rt = runtime(request)
+        model = rt.holder.current
+        ready = Ready(ready=False, model_version=model.version if model else None, store=rt.store.ping())
+        ready.ready = model is not None and ready.store
+        return JSONResponse(ready.model_dump(), status_code=200 if ready.ready else 503)
+
+    @app.get("/metrics", tags=["health"], response_class=Response)
+    def prometheus_metrics() -> Response:
+        """Prometheus exposition."""
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.include_router(admin_router(settings))
+    return app
+
+
+def start_runtime(settings: Settings, store: Store, metrics: ServiceMetrics) -> Runtime:
+    holder = ModelHolder()
+    metrics.watch_store(store)
+
+    def swapped(model: ServedModel) -> None:
+        metrics.swaps.inc()
+        metrics.model_version.set(model.version)
+        metrics.model_period.set(model.period)
+
+    watcher = SwapWatcher(
+        store,
+        holder,
+        settings.model(),
+        settings.swap_poll_seconds,
+        on_swap=swapped,
+        on_failure=lambda version, reason: metrics.load_failures.inc(),
+    )
+    rt = Runtime(settings, store, holder, metrics, watcher)
+    if settings.admin_token is None:
+        log.warning("ASMG_ADMIN_TOKEN is not set: /admin is open (development only)")
+    ensure_initial_model(store, settings)
+    watcher.sync()
+    watcher.start()
+    if settings.runs_trainer_in_process:
+        trainer = PeriodTrainer(store, settings)
+        thread = threading.Thread(target=run_trainer, args=(store, settings, rt.stop, trainer), name="trainer")
+        thread.start()
+        rt.threads.append(thread)
+        rt.scheduler = start_rollover_schedule(store, settings, trainer.owner)
+    return rt
+
+
+def stop_runtime(rt: Runtime, close_store: bool) -> None:
+    rt.stop.set()
+    if rt.scheduler:
+        rt.scheduler.shutdown(wait=False)
+    rt.watcher.stop()
+    for thread in rt.threads:
+        thread.join()
+    rt.metrics.unwatch_store()
+    if close_store:
+        rt.store.close()

@@ -1,0 +1,126 @@
+"""Prometheus metrics of one API process, in a registry of its own.
+
+Request counters and latency come from an ASGI middleware; model and swap
+metrics from the serving code; trainer and period metrics are read from the
+store at scrape time, so they are right whichever process trained.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from trainer.store.base import Store
+from trainer.worker import PHASES
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class ServiceMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "asmg_http_requests", "HTTP requests by route and status.", ["route", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "asmg_http_request_duration_seconds",
+            "HTTP request latency.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.items_scored = Counter("asmg_items_scored", "Candidate items scored.", registry=r)
+        self.interactions = Counter("asmg_interactions_ingested", "Interactions durably logged.", registry=r)
+        self.model_version = Gauge("asmg_model_version", "Model version this process serves.", registry=r)
+        self.model_period = Gauge("asmg_model_period", "Period the served version was published for.", registry=r)
+        self.swaps = Counter("asmg_model_swaps", "Model versions swapped in.", registry=r)
+        self.load_failures = Counter(
+            "asmg_model_load_failures", "Versions refused: missing, corrupt or misfit.", registry=r
+        )
+
+        self._store_collector: StoreCollector | None = None
+
+    def watch_store(self, store: Store) -> None:
+        self._store_collector = StoreCollector(store)
+        self.registry.register(self._store_collector)
+
+    def unwatch_store(self) -> None:
+        if self._store_collector is not None:
+            self.registry.unregister(self._store_collector)
+            self._store_collector = None
+
+
+class StoreCollector(Collector):
+    """Period, pointer and trainer figures, read from the store on each scrape."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            open_period = self.store.open_period()
+            through = self.store.trained_through()
+            pointer = self.store.pointer()
+            status: dict[str, Any] = self.store.trainer_status()
+        except Exception:  # an unreachable store shows as missing series, not a failed scrape
+            return
+        yield GaugeMetricFamily("asmg_open_period", "The period new interactions land in.", value=open_period)
+        yield GaugeMetricFamily("asmg_trained_through", "The last period the trainer committed.", value=through)
+        yield GaugeMetricFamily(
+            "asmg_model_pinned", "1 when an operator pinned the serving version.", value=pointer.pinned
+        )
+        last = status.get("last_period") or {}
+        metrics = last.get("metrics") or {}
+        for name, help_text in (
+            ("pv_auc", "Progressive-validation AUC of the model that served the last trained period."),
+            ("pv_logloss", "Progressive-validation LogLoss of the model that served the last trained period."),
+            ("events", "Interactions in the last trained period."),
+        ):
+            value = metrics.get(name)
+            if value is not None and math.isfinite(value):
+                yield GaugeMetricFamily(f"asmg_last_period_{name}", help_text, value=value)
+        phases = GaugeMetricFamily(
+            "asmg_trainer_phase_seconds", "Seconds the last trained period spent per phase.", labels=["phase"]
+        )
+        for phase in PHASES:
+            if phase in (last.get("seconds") or {}):
+                phases.add_metric([phase], last["seconds"][phase])
+        yield phases
+
+
+class RequestMetrics:
+    """Pure ASGI middleware: counts and times requests by route template."""
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = scope.get("route")
+            # the template (/admin/models/{version}/activate), never the raw path: bounded label values
+            path = getattr(route, "path", "unmatched")
+            self.metrics.requests.labels(path, str(status)).inc()
+            self.metrics.latency.labels(path).observe(time.perf_counter() - started)

@@ -1,0 +1,491 @@
+"""One contract, two stores: every test runs on RedisStore (a real redis-server) and LocalStore (SQLite)."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from trainer.settings import Settings
+from trainer.store import (
+    Click,
+    EmptyPeriod,
+    Interaction,
+    LocalStore,
+    NewVersion,
+    Pointer,
+    RedisStore,
+    Store,
+    StoreError,
+    UnknownVersion,
+    open_store,
+    redis_store,
+)
+
+Opener = Callable[[], Store]
+
+
+@pytest.fixture(params=["redis", "local"])
+def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
+    """Opens store objects on one backing store, as separate processes would; closes them all afterwards."""
+    make: Opener
+    if request.param == "redis":
+        make = functools.partial(RedisStore, request.getfixturevalue("redis_url"), f"t{uuid.uuid4().hex[:8]}")
+    else:
+        make = functools.partial(LocalStore, tmp_path / "state")
+    opened: list[Store] = []
+
+    def open_one() -> Store:
+        store = make()
+        opened.append(store)
+        return store
+
+    yield open_one
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def store(opener: Opener) -> Store:
+    return opener()
+
+
+def event(user: str, item: str, label: int = 0, cats: tuple[str, ...] = ("c1",), ts: float = 1.7e9) -> Interaction:
+    return Interaction(user, item, cats, label, ts)
+
+
+def new_version(
+    through: int, method: str = "iu", metrics: dict[str, float] | None = None, note: str = ""
+) -> NewVersion:
+    blob = f"weights through {through} {uuid.uuid4().hex}".encode()
+    return NewVersion(blob, hashlib.sha256(blob).hexdigest(), through, method, metrics or {}, note)
+
+
+def commit(store: Store, through: int, keep: int = 10) -> int:
+    return store.commit_period(new_version(through), f"state {through}".encode(), keep).version
+
+
+def numbers(store: Store) -> list[int]:
+    return [info.version for info in store.versions()]
+
+
+def wait_until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.001)
+
+
+# -- the interaction log ----------------------------------------------------------
+
+
+def test_a_new_store_is_empty(store: Store) -> None:
+    assert store.ping()
+    assert store.open_period() == 1
+    assert store.period_size(1) == 0 and store.read_period(1) == []
+    assert store.recent_clicks("u", 5) == []
+    assert store.pointer() == Pointer(None, False)
+    assert store.versions() == [] and store.version(1) is None and store.weights(1) is None
+    assert store.trainer_progress() == (0, None) and store.trained_through() == 0
+    assert store.trainer_status() == {}
+
+
+def test_append_logs_in_order_in_the_open_period(store: Store) -> None:
+    first = [
+        event("u1", "i1", 1, ("a", "b"), 1700000000.123456),
+        event("u2", "i2", 0, (), 1700000001.0),
+        event("u1", "ünïcode item", 1, ("c",), 0.1 + 0.2),
+    ]
+    second = [event("u3", f"i{k}", k % 2, ts=1700000002.5 + k) for k in range(5)]
+    assert store.append(first, history_length=5) == 1
+    assert store.append(second, history_length=5) == 1
+    assert store.append([], history_length=5) == 1
+    assert store.period_size(1) == 8
+    assert store.read_period(1) == first + second  # exact: ids, categories, labels and float timestamps
+
+
+def test_rollover_closes_the_open_period(store: Store) -> None:
+    store.append([event("u", "a")], 5)
+    assert store.rollover() == 1
+    assert store.open_period() == 2
+    assert store.append([event("u", "b"), event("u", "c")], 5) == 2
+    assert store.rollover() == 2
+    assert store.append([event("u", "d")], 5) == 3
+    assert [store.period_size(p) for p in (1, 2, 3, 4)] == [1, 2, 1, 0]
+    assert [[e.item_id for e in store.read_period(p)] for p in (1, 2, 3)] == [["a"], ["b", "c"], ["d"]]
+
+
+def test_rollover_of_an_empty_period_raises_and_changes_nothing(store: Store) -> None:
+    with pytest.raises(EmptyPeriod):
+        store.rollover()
+    assert store.open_period() == 1
+    store.append([event("u", "a")], 5)
+    store.rollover()
+    with pytest.raises(EmptyPeriod) as raised:
+        store.rollover()
+    assert isinstance(raised.value, StoreError)
+    assert store.open_period() == 2
+    assert store.period_size(1) == 1 and store.period_size(2) == 0
+    assert store.append([event("u", "b")], 5) == 2
+
+
+def test_read_period_reads_long_periods_in_chunks(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(redis_store, "READ_CHUNK", 3)
+    for size in (3, 6, 7):  # exact multiples of the chunk and one more
+        events = [event("u", f"i{k}", ts=float(k)) for k in range(size)]
+        period = store.append(events, 5)
+        assert store.read_period(period) == events
+        store.rollover()
+
+
+def test_recent_clicks_keep_the_newest_positives_per_user_oldest_first(store: Store) -> None:
+    store.append(
+        [
+            event("a", "a1", 1, ("x",)),
+            event("a", "a-skip", 0),
+            event("b", "b1", 1),
+            event("a", "a2", 1, ("y", "z")),
+        ],
+        history_length=3,
+    )
+    store.rollover()  # click lists span periods
+    store.append([event("a", "a3", 1, ()), event("a", "a-skip2", 0), event("a", "a4", 1, ("w",))], history_length=3)
+    assert store.recent_clicks("a", 3) == [Click("a2", ("y", "z")), Click("a3", ()), Click("a4", ("w",))]
+    assert store.recent_clicks("a", 2) == [Click("a3", ()), Click("a4", ("w",))]
+    assert store.recent_clicks("a", 0) == []
+    assert store.recent_clicks("b", 3) == [Click("b1", ("c1",))]
+    assert store.recent_clicks("nobody", 3) == []
+
+
+# -- the model registry -------------------------------------------------------------
+
+
+def test_publish_initial_publishes_version_one_only_once(store: Store) -> None:
+    initial = new_version(0, "initial", note="initial model")
+    before = time.time()
+    info = store.publish_initial(initial)
+    assert info is not None
+    assert (info.version, info.trained_through, info.method, info.note) == (1, 0, "initial", "initial model")
+    assert info.sha256 == initial.sha256 and info.size == len(initial.weights)
+    assert before - 1 <= info.created <= time.time() + 1
+    assert store.versions() == [info] and store.version(1) == info
+    assert store.weights(1) == initial.weights
+    assert store.pointer() == Pointer(1, False)
+    assert store.trained_through() == 0
+
+    assert store.publish_initial(new_version(0, "initial")) is None
+    assert store.versions() == [info] and store.weights(1) == initial.weights
+    commit(store, 1)
+    assert store.publish_initial(new_version(0, "initial")) is None
+    assert numbers(store) == [1, 2]
+
+
+def test_publish_initial_is_refused_once_any_version_was_published(store: Store) -> None:
+    assert commit(store, 1) == 1  # no initial model: the first period gets version 1
+    assert store.publish_initial(new_version(0, "initial")) is None
+    assert numbers(store) == [1] and store.pointer() == Pointer(1, False)
+
+
+def test_commit_period_numbers_versions_and_moves_the_pointer(store: Store) -> None:
+    store.publish_initial(new_version(0, "initial"))
+    version = new_version(1, "asmg-gru-multi", metrics={"pv_auc": 0.712345678901234, "nan": float("nan")}, note="n")
+    info = store.commit_period(version, b"\x00state\xff", keep=10)
+    assert (info.version, info.trained_through, info.method, info.note) == (2, 1, "asmg-gru-multi", "n")
+    assert info.metrics["pv_auc"] == 0.712345678901234 and info.metrics["nan"] != info.metrics["nan"]
+    assert info.size == len(version.weights) and info.sha256 == version.sha256
+    stored = store.version(2)
+    assert stored is not None and stored.to_dict().keys() == info.to_dict().keys()
+    assert (stored.created, stored.metrics["pv_auc"]) == (info.created, info.metrics["pv_auc"])
+    assert store.weights(2) == version.weights
+    assert store.pointer() == Pointer(2, False)
+    assert store.trainer_progress() == (1, b"\x00state\xff") and store.trained_through() == 1
+    assert commit(store, 2) == 3
+    assert numbers(store) == [1, 2, 3] and store.pointer() == Pointer(3, False)
+    assert [v.trained_through for v in store.versions()] == [0, 1, 2]
+
+
+def test_commit_period_refuses_a_repeated_or_skipped_period_and_changes_nothing(store: Store) -> None:
+    store.publish_initial(new_version(0, "initial"))
+    commit(store, 1)
+    before = (store.versions(), store.pointer(), store.trainer_progress())
+    for through in (1, 0, 3):
+        with pytest.raises(StoreError):
+            store.commit_period(new_version(through), b"other state", keep=10)
+    assert (store.versions(), store.pointer(), store.trainer_progress()) == before
+    assert store.weights(3) is None
+    assert commit(store, 2) == 3  # a refusal uses up no version number
+
+
+def test_commit_period_keeps_only_the_newest_versions(store: Store) -> None:
+    store.publish_initial(new_version(0, "initial"))
+    for through in range(1, 6):
+        commit(store, through, keep=3)
+    assert numbers(store) == [4, 5, 6]
+    assert [store.version(n) for n in (1, 2, 3)] == [None, None, None]
+    assert [store.weights(n) for n in (1, 2, 3)] == [None, None, None]
+    assert store.pointer() == Pointer(6, False)
+
+
+def test_trimming_never_drops_the_version_the_pointer_names(store: Store) -> None:
+    store.publish_initial(new_version(0, "initial"))
+    commit(store, 1, keep=2)
+    assert store.activate(1) == Pointer(1, True)
+    for through in range(2, 5):
+        commit(store, through, keep=2)
+        assert store.pointer() == Pointer(1, True)  # pinned: commits do not move it
+    assert numbers(store) == [1, 4, 5]
+    assert store.weights(1) is not None
+    assert store.unpin() == Pointer(5, False)
+    commit(store, 5, keep=2)
+    assert numbers(store) == [5, 6] and store.pointer() == Pointer(6, False)
+
+
+def test_activate_pins_and_unpin_returns_to_the_newest(store: Store) -> None:
+    assert store.unpin() == Pointer(None, False)  # nothing to point at yet
+    with pytest.raises(UnknownVersion):
+        store.activate(1)
+    store.publish_initial(new_version(0, "initial"))
+    commit(store, 1)
+    commit(store, 2)
+    with pytest.raises(UnknownVersion) as raised:
+        store.activate(7)
+    assert isinstance(raised.value, StoreError)
+    assert store.pointer() == Pointer(3, False)
+    assert store.activate(2) == Pointer(2, True) == store.pointer()
+    assert store.activate(1) == Pointer(1, True) == store.pointer()
+    assert store.unpin() == Pointer(3, False) == store.pointer()
+
+
+def test_wait_for_swap_times_out_without_a_change(store: Store) -> None:
+    started = time.monotonic()
+    assert store.wait_for_swap(0.2) is False
+    assert 0.15 <= time.monotonic() - started < 3
+
+
+def test_wait_for_swap_sees_pointer_changes_made_by_another_process(opener: Opener) -> None:
+    watcher = opener()
+    assert watcher.wait_for_swap(0.05) is False  # subscribes
+    other = opener()
+    changes: list[Callable[[], object]] = [
+        lambda: other.publish_initial(new_version(0, "initial")),
+        lambda: commit(other, 1),
+        lambda: other.activate(1),
+        lambda: commit(other, 2),  # pinned: the pointer stays, replicas are still told to re-read it
+        lambda: other.unpin(),
+    ]
+    for change in changes:
+        change()
+        assert watcher.wait_for_swap(5) is True
+        assert watcher.wait_for_swap(0.05) is False  # one change, one notification
+    with pytest.raises(StoreError):
+        commit(other, 2)
+    with pytest.raises(UnknownVersion):
+        other.activate(99)
+    assert other.publish_initial(new_version(0, "initial")) is None
+    assert watcher.wait_for_swap(0.2) is False  # refusals change nothing and say nothing
+
+
+def test_a_watcher_thread_wakes_up_on_a_swap(opener: Opener) -> None:
+    watcher, other = opener(), opener()
+    watcher.wait_for_swap(0.05)
+    woke: list[bool] = []
+    thread = threading.Thread(target=lambda: woke.append(watcher.wait_for_swap(10)))
+    thread.start()
+    time.sleep(0.1)
+    started = time.monotonic()
+    other.publish_initial(new_version(0, "initial"))
+    thread.join(timeout=10)
+    assert woke == [True] and time.monotonic() - started < 5
+
+
+# -- the trainer --------------------------------------------------------------------
+
+
+def test_the_lease_is_exclusive_until_its_owner_releases_it(opener: Opener) -> None:
+    one, two = opener(), opener()
+    assert one.acquire_lease("a", 30)
+    assert not two.acquire_lease("b", 30)
+    assert one.acquire_lease("a", 30)  # the owner renews
+    two.release_lease("b")  # not the owner: nothing happens
+    assert not two.acquire_lease("b", 30)
+    one.release_lease("a")
+    assert two.acquire_lease("b", 30)
+    assert not one.acquire_lease("a", 30)
+
+
+def test_the_lease_lapses_unless_renewed(store: Store) -> None:
+    assert store.acquire_lease("a", 0.3)
+    time.sleep(0.2)
+    assert store.acquire_lease("a", 0.6)  # renewal restarts the clock
+    time.sleep(0.2)  # past the first lease, well within the renewed one
+    assert not store.acquire_lease("b", 0.3)
+    time.sleep(0.6)
+    assert store.acquire_lease("b", 0.3)  # a lapsed: b takes over
+    assert not store.acquire_lease("a", 0.3)
+    store.release_lease("a")
+    assert not store.acquire_lease("a", 0.3)
+
+
+def test_trainer_status_is_replaced_whole(store: Store) -> None:
+    first = {"state": "training", "period": 3, "owner": "host:1", "last": {"metrics": {"auc": 0.75}}}
+    store.set_trainer_status(first)
+    assert store.trainer_status() == first
+    store.set_trainer_status({"state": "idle"})
+    assert store.trainer_status() == {"state": "idle"}
+
+
+# -- concurrency and durability -----------------------------------------------------
+
+
+def test_concurrent_appends_and_rollovers_lose_and_duplicate_nothing(opener: Opener) -> None:
+    writers, batches, per_batch, history = 4, 25, 3, 4
+    stores = [opener(), opener()]  # appenders share two store objects; the roller uses a third
+    roller = opener()
+    landed: list[tuple[int, list[Interaction]]] = []
+    closed: list[int] = []
+    sizes_at_close: list[int] = []
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def append(writer: int) -> None:
+        try:
+            target = stores[writer % 2]
+            for b in range(batches):
+                wait_until(lambda b=b: len(closed) >= b // 5)  # so rollovers interleave even on a fast disk
+                batch = [event(f"u{writer}", f"{writer}-{b}-{k}", (b + k) % 2) for k in range(per_batch)]
+                landed.append((target.append(batch, history), batch))
+        except BaseException as exc:
+            errors.append(exc)
+
+    def roll() -> None:
+        try:
+            while not done.is_set():
+                with contextlib.suppress(EmptyPeriod):
+                    closed.append(roller.rollover())
+                    sizes_at_close.append(roller.period_size(closed[-1]))
+                time.sleep(0.002)
+        except BaseException as exc:
+            errors.append(exc)
+
+    rolling = threading.Thread(target=roll)
+    appending = [threading.Thread(target=append, args=(w,)) for w in range(writers)]
+    rolling.start()
+    for thread in appending:
+        thread.start()
+    for thread in appending:
+        thread.join()
+    done.set()
+    rolling.join()
+    assert errors == []
+
+    last = roller.open_period()
+    assert closed == list(range(1, last)) and len(closed) >= batches // 5 - 1
+    sizes = [roller.period_size(p) for p in range(1, last + 1)]
+    assert sum(sizes) == writers * batches * per_batch
+    assert sizes[:-1] == sizes_at_close  # nothing landed in a period after it closed
+    logged = {p: roller.read_period(p) for p in range(1, last + 1)}
+    items = [e.item_id for p in sorted(logged) for e in logged[p]]
+    assert len(items) == len(set(items)) == writers * batches * per_batch
+    for period, batch in landed:  # each batch whole, in the period append reported
+        position = logged[period].index(batch[0])
+        assert logged[period][position : position + per_batch] == batch
+    for writer in range(writers):  # each writer's events in its order, across periods
+        own = [item for item in items if item.startswith(f"{writer}-")]
+        assert own == [f"{writer}-{b}-{k}" for b in range(batches) for k in range(per_batch)]
+        positives = [e.item_id for p in sorted(logged) for e in logged[p] if e.user_id == f"u{writer}" and e.label]
+        assert [c.item_id for c in roller.recent_clicks(f"u{writer}", history)] == positives[-history:]
+
+
+def test_state_outlives_the_store_object(opener: Opener) -> None:
+    first = opener()
+    first.append([event("u", "a", 1), event("u", "b", 0)], 5)
+    first.rollover()
+    first.append([event("u", "c", 1)], 5)
+    initial = first.publish_initial(new_version(0, "initial"))
+    assert initial is not None
+    info = first.commit_period(new_version(1), b"state", keep=10)
+    first.activate(1)
+    first.acquire_lease("trainer-1", 30)
+    first.set_trainer_status({"state": "idle"})
+    first.close()
+
+    second = opener()
+    assert second.open_period() == 2
+    assert [e.item_id for e in second.read_period(1)] == ["a", "b"]
+    assert [e.item_id for e in second.read_period(2)] == ["c"]
+    assert second.recent_clicks("u", 5) == [Click("a", ("c1",)), Click("c", ("c1",))]
+    assert second.versions() == [initial, info]
+    assert second.pointer() == Pointer(1, True)
+    assert second.trainer_progress() == (1, b"state")
+    assert not second.acquire_lease("trainer-2", 30)
+    assert second.trainer_status() == {"state": "idle"}
+
+
+def test_a_closed_local_store_reopens_from_its_directory(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "nested" / "state")
+    store.append([event("u", "a", 1)], 5)
+    store.close()
+    assert not store.ping()
+    assert (tmp_path / "nested" / "state" / "store.sqlite3").is_file()
+    again = LocalStore(tmp_path / "nested" / "state")
+    try:
+        assert again.read_period(1) == [event("u", "a", 1)]
+    finally:
+        again.close()
+
+
+# -- Redis specifics and open_store ---------------------------------------------------
+
+
+def test_redis_keys_stay_under_their_prefix(redis_url: str) -> None:
+    one, two = RedisStore(redis_url, "one"), RedisStore(redis_url, "two")
+    try:
+        one.append([event("u", "a", 1)], 5)
+        one.rollover()
+        one.publish_initial(new_version(0, "initial"))
+        commit(one, 1)
+        one.acquire_lease("t", 30)
+        one.set_trainer_status({"state": "idle"})
+        assert two.open_period() == 1 and two.versions() == [] and two.acquire_lease("t2", 30)
+        with redis.Redis.from_url(redis_url) as client:
+            keys = {key.decode() for key in client.keys("*")}
+        assert keys and all(key.startswith(("one:", "two:")) for key in keys)
+        assert {"one:period", "one:log:1", "one:clicks:u", "one:models", "one:pointer", "one:trainer:state"} <= keys
+        one.append([event("u", f"more{k}", 1) for k in range(8)], 5)
+        with redis.Redis.from_url(redis_url) as client:
+            assert client.llen("one:clicks:u") == 5  # the list itself is trimmed, not just the reply
+    finally:
+        one.close()
+        two.close()
+
+
+def test_redis_ping_is_false_when_the_server_is_gone() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    store = RedisStore(f"redis://127.0.0.1:{port}/0")
+    try:
+        assert store.ping() is False
+    finally:
+        store.close()
+
+
+def test_open_store_picks_the_backend_from_the_settings(redis_url: str, tmp_path: Path) -> None:
+    remote = open_store(Settings(redis_url=redis_url, key_prefix="svc"))
+    local = open_store(Settings(redis_url=None, state_dir=tmp_path / "state"))
+    try:
+        assert isinstance(remote, RedisStore) and remote.prefix == "svc"
+        assert isinstance(local, LocalStore) and local.path == tmp_path / "state" / "store.sqlite3"
+        assert remote.ping() and local.ping()
+    finally:
+        remote.close()
+        local.close()

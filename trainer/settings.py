@@ -1,0 +1,123 @@
+"""The one settings object of the service, read from ``ASMG_*`` variables.
+
+The API (``asmg serve``) and the trainer (``asmg trainer``) read the same
+object so a deployment configures both with one environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from trainer.config import ModelConfig, TrainConfig
+from trainer.updaters import METHODS
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ASMG_", extra="ignore")
+
+    # -- where state lives -------------------------------------------------------
+    redis_url: str | None = Field(None, description="Redis URL; unset runs the embedded default (SQLite).")
+    key_prefix: str = Field("asmg", description="Prefix of every Redis key the service owns.")
+    state_dir: Path = Field(
+        Path.home() / ".local" / "share" / "asmg",
+        description="Embedded store directory (used only without ASMG_REDIS_URL).",
+    )
+
+    # -- HTTP ----------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="Bind address of `asmg serve`.")
+    port: int = Field(8000, ge=1, le=65535, description="Port of `asmg serve`.")
+    environment: Literal["development", "production"] = Field(
+        "development", description="`production` refuses to start without ASMG_ADMIN_TOKEN."
+    )
+    admin_token: SecretStr | None = Field(None, description="Bearer token for /admin; required in production.")
+    max_items: int = Field(1000, ge=1, description="Most candidate items in one /v1/predict request.")
+    max_events: int = Field(10000, ge=1, description="Most events in one /v1/interactions request.")
+    max_id_length: int = Field(256, ge=1, description="Longest user, item or category id accepted.")
+    max_categories: int = Field(32, ge=1, description="Most categories on one item.")
+    swap_poll_seconds: float = Field(5.0, gt=0, description="How often a replica re-checks the serving pointer.")
+    torch_threads: int = Field(1, ge=1, description="Torch intra-op threads per process.")
+
+    # -- the model -----------------------------------------------------------------
+    method: str = Field("asmg-gru-multi", description="Update method, one of `asmg replay --methods`.")
+    embedding_dim: int = Field(8, ge=1, description="Embedding size m of ids and categories.")
+    user_buckets: int = Field(1 << 16, ge=1, description="Rows user ids are hashed into.")
+    item_buckets: int = Field(1 << 16, ge=1, description="Rows item ids are hashed into.")
+    category_buckets: int = Field(1 << 10, ge=1, description="Rows category ids are hashed into.")
+    history_length: int = Field(30, ge=0, description="Latest clicks that make a user's history.")
+    hidden: Annotated[tuple[int, ...], NoDecode] = Field((20, 10), description="MLP hidden sizes, e.g. 20,10.")
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate of the base model.")
+    batch_size: int = Field(256, ge=1, description="Base-model batch size.")
+    epochs: int = Field(1, ge=1, description="Passes over each period.")
+    window: int = Field(3, ge=1, description="ASMG sequence length k.")
+    meta_hidden: int = Field(4, ge=1, description="GRU hidden size d per coordinate.")
+    meta_lr: float = Field(1e-3, gt=0, description="Adam learning rate of the meta generator.")
+    warmup: int = Field(1, ge=0, description="Periods of meta training before generated models are served.")
+    seed: int = Field(0, description="Seed of the initial model and of training.")
+    initial_model: Path | None = Field(None, description="Checkpoint to serve before the first period closes.")
+
+    # -- the trainer ---------------------------------------------------------------
+    trainer_in_process: bool | None = Field(
+        None, description="Run the trainer inside `asmg serve`; default: yes on the embedded store, no on Redis."
+    )
+    rollover_interval_seconds: float | None = Field(None, gt=0, description="Close a period every N seconds.")
+    rollover_cron: str | None = Field(None, description="Close a period on this crontab (5 fields, UTC).")
+    trainer_poll_seconds: float = Field(1.0, gt=0, description="How often the trainer looks for closed periods.")
+    lease_seconds: float = Field(30.0, gt=0, description="Trainer lease; another trainer takes over after it lapses.")
+    keep_versions: int = Field(10, ge=2, description="Model versions kept in the registry.")
+    quality_gate: bool = Field(True, description="Publish IU instead of a generated model that scores worse.")
+
+    @field_validator("hidden", mode="before")
+    @classmethod
+    def _parse_hidden(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(int(part) for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        if value not in METHODS:
+            raise ValueError(f"unknown method {value!r}; known: {', '.join(METHODS)}")
+        return value
+
+    @field_validator("rollover_cron")
+    @classmethod
+    def _valid_cron(cls, value: str | None) -> str | None:
+        if value:
+            from apscheduler.triggers.cron import CronTrigger
+
+            CronTrigger.from_crontab(value, timezone="UTC")  # raises ValueError naming the bad field
+        return value
+
+    @model_validator(mode="after")
+    def _production_needs_token(self) -> Settings:
+        if self.environment == "production" and not self.admin_token:
+            raise ValueError("ASMG_ADMIN_TOKEN must be set when ASMG_ENVIRONMENT=production")
+        if self.rollover_interval_seconds and self.rollover_cron:
+            raise ValueError("set ASMG_ROLLOVER_INTERVAL_SECONDS or ASMG_ROLLOVER_CRON, not both")
+        return self
+
+    @property
+    def embedded(self) -> bool:
+        return self.redis_url is None
+
+    @property
+    def runs_trainer_in_process(self) -> bool:
+        return self.embedded if self.trainer_in_process is None else self.trainer_in_process
+
+    def model(self) -> ModelConfig:
+        return ModelConfig(
+            embedding_dim=self.embedding_dim,
+            user_buckets=self.user_buckets,
+            item_buckets=self.item_buckets,
+            category_buckets=self.category_buckets,
+            history_length=self.history_length,
+            hidden=self.hidden,
+        )
+
+    def train(self) -> TrainConfig:
+        return TrainConfig(lr=self.lr, batch_size=self.batch_size, epochs=self.epochs)

@@ -1,0 +1,44 @@
+"""Where the service keeps its state: Redis in production, SQLite embedded."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from trainer.store.base import (
+    Click,
+    EmptyPeriod,
+    Interaction,
+    NewVersion,
+    Pointer,
+    Store,
+    StoreError,
+    UnknownVersion,
+    VersionInfo,
+)
+from trainer.store.local_store import LocalStore
+from trainer.store.redis_store import RedisStore
+
+if TYPE_CHECKING:
+    from trainer.settings import Settings
+
+__all__ = [
+    "Click",
+    "EmptyPeriod",
+    "Interaction",
+    "LocalStore",
+    "NewVersion",
+    "Pointer",
+    "RedisStore",
+    "Store",
+    "StoreError",
+    "UnknownVersion",
+    "VersionInfo",
+    "open_store",
+]
+
+
+def open_store(settings: Settings) -> Store:
+    """Redis when ``ASMG_REDIS_URL`` is set, else the embedded SQLite store in ``ASMG_STATE_DIR``."""
+    if settings.redis_url:
+        return RedisStore(settings.redis_url, settings.key_prefix)
+    return LocalStore(settings.state_dir)

@@ -1,0 +1,225 @@
+"""What the service keeps, independent of where it keeps it.
+
+Two implementations pass one contract test suite (``tests/test_store_contract.py``):
+``RedisStore`` for production and ``LocalStore`` (SQLite in one directory) for
+the embedded default. Both API replicas and the trainer use only this interface.
+
+Periods are numbered from 1. Exactly one period is *open*; ``append`` puts a
+batch into the open period and ``rollover`` closes it and opens the next, and
+the two are atomic with respect to each other, so every event lands in exactly
+one period. A closed period is trained once: the trainer's progress
+(``trained_through``) moves forward only together with the version it
+publishes (``commit_period``).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class StoreError(RuntimeError):
+    """The store refused an operation; the message says why."""
+
+
+class EmptyPeriod(StoreError):
+    """A rollover was asked for while the open period holds no events."""
+
+
+class UnknownVersion(StoreError):
+    pass
+
+
+@dataclass(frozen=True)
+class Interaction:
+    """One logged impression. Ids are strings (the API turns ints into strings)."""
+
+    user_id: str
+    item_id: str
+    categories: tuple[str, ...]
+    label: int  # 0 or 1
+    timestamp: float  # seconds since the epoch, as the client said or as received
+
+
+@dataclass(frozen=True)
+class Click:
+    """One positive, as kept in a user's recent-click list for serving."""
+
+    item_id: str
+    categories: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """Metadata of one immutable model version."""
+
+    version: int
+    sha256: str  # of the weights blob
+    trained_through: int  # last period the model learnt from; 0 for the initial model
+    method: str  # the update method, or "initial"
+    created: float  # seconds since the epoch
+    size: int  # bytes of the weights blob
+    metrics: dict[str, float] = field(default_factory=dict)
+    note: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "sha256": self.sha256,
+            "trained_through": self.trained_through,
+            "method": self.method,
+            "created": self.created,
+            "size": self.size,
+            "metrics": dict(self.metrics),
+            "note": self.note,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VersionInfo:
+        return cls(
+            version=int(data["version"]),
+            sha256=str(data["sha256"]),
+            trained_through=int(data["trained_through"]),
+            method=str(data["method"]),
+            created=float(data["created"]),
+            size=int(data["size"]),
+            metrics={str(k): float(v) for k, v in data.get("metrics", {}).items()},
+            note=str(data.get("note", "")),
+        )
+
+
+@dataclass(frozen=True)
+class Pointer:
+    """Which version replicas should serve, and whether an operator pinned it."""
+
+    version: int | None
+    pinned: bool
+
+
+@dataclass(frozen=True)
+class NewVersion:
+    """A version about to be published: everything but its number."""
+
+    weights: bytes
+    sha256: str
+    trained_through: int
+    method: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    note: str = ""
+
+
+class Store(ABC):
+    # -- the interaction log ------------------------------------------------------
+
+    @abstractmethod
+    def open_period(self) -> int:
+        """The period new events land in (1 before any rollover)."""
+
+    @abstractmethod
+    def append(self, events: Sequence[Interaction], history_length: int) -> int:
+        """Durably log ``events`` (in order) in the open period and return it.
+
+        Atomically with the log write, each positive (label 1) is pushed onto
+        its user's recent-click list, which keeps the newest
+        ``history_length`` clicks.
+        """
+
+    @abstractmethod
+    def rollover(self) -> int:
+        """Close the open period and return its number; raise
+        :class:`EmptyPeriod` (and change nothing) when it holds no events."""
+
+    @abstractmethod
+    def period_size(self, period: int) -> int:
+        """Events logged in ``period`` (0 for a period never opened)."""
+
+    @abstractmethod
+    def read_period(self, period: int) -> list[Interaction]:
+        """Every event of ``period`` in log order."""
+
+    @abstractmethod
+    def recent_clicks(self, user_id: str, limit: int) -> list[Click]:
+        """The user's latest ``limit`` positives, oldest first."""
+
+    # -- the model registry -------------------------------------------------------
+
+    @abstractmethod
+    def publish_initial(self, version: NewVersion) -> VersionInfo | None:
+        """Publish ``version`` as version 1 and point at it, only if the
+        registry has never held a version; return None when it has."""
+
+    @abstractmethod
+    def commit_period(self, version: NewVersion, trainer_state: bytes, keep: int) -> VersionInfo:
+        """In one atomic step: add the next version number, set
+        ``trained_through = version.trained_through`` and the trainer state,
+        move the pointer to it unless pinned, drop versions beyond the newest
+        ``keep`` (never the one the pointer names), and notify replicas.
+
+        Raises :class:`StoreError` unless ``version.trained_through`` is
+        exactly ``trained_through + 1``, so a period is never published twice.
+        """
+
+    @abstractmethod
+    def versions(self) -> list[VersionInfo]:
+        """Every kept version, oldest first."""
+
+    @abstractmethod
+    def version(self, number: int) -> VersionInfo | None: ...
+
+    @abstractmethod
+    def weights(self, number: int) -> bytes | None:
+        """The weights blob of a kept version, or None."""
+
+    @abstractmethod
+    def pointer(self) -> Pointer: ...
+
+    @abstractmethod
+    def activate(self, number: int) -> Pointer:
+        """Point at a kept version and pin it; :class:`UnknownVersion` if not kept."""
+
+    @abstractmethod
+    def unpin(self) -> Pointer:
+        """Unpin and point at the newest version."""
+
+    @abstractmethod
+    def wait_for_swap(self, timeout: float) -> bool:
+        """Block up to ``timeout`` seconds for a pointer-change notification;
+        True if one came. Callers still re-read :meth:`pointer` periodically,
+        since a notification can be missed."""
+
+    # -- the trainer --------------------------------------------------------------
+
+    @abstractmethod
+    def trainer_progress(self) -> tuple[int, bytes | None]:
+        """``(trained_through, trainer_state)``; ``(0, None)`` before any training."""
+
+    def trained_through(self) -> int:
+        """The last period committed; cheaper than :meth:`trainer_progress` where a store can."""
+        return self.trainer_progress()[0]
+
+    @abstractmethod
+    def acquire_lease(self, owner: str, seconds: float) -> bool:
+        """Take or renew the trainer lease; False while another owner holds it."""
+
+    @abstractmethod
+    def release_lease(self, owner: str) -> None:
+        """Give the lease up if ``owner`` holds it."""
+
+    @abstractmethod
+    def set_trainer_status(self, status: dict[str, Any]) -> None:
+        """Replace the trainer's status record (JSON-able), for /admin/status and metrics."""
+
+    @abstractmethod
+    def trainer_status(self) -> dict[str, Any]:
+        """The last status record, or {}."""
+
+    # -- housekeeping -------------------------------------------------------------
+
+    @abstractmethod
+    def ping(self) -> bool:
+        """True when the store answers."""
+
+    @abstractmethod
+    def close(self) -> None: ...

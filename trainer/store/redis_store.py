@@ -1,0 +1,420 @@
+"""The production store: one Redis (7+) shared by every API replica and the trainer.
+
+Every key lives under ``{prefix}:``:
+
+==============================  ======================================================================
+``{prefix}:period``             the open period (absent means 1)
+``{prefix}:log:{period}``       a stream per period; fields ``user``, ``item``, ``cats`` (JSON list),
+                                ``label`` (0/1) and ``ts`` (float text)
+``{prefix}:clicks:{user_id}``   a list of JSON ``[item_id, [cats...]]``, newest last, trimmed to the
+                                history length
+``{prefix}:version:last``       the last version number handed out (absent: the registry never held one)
+``{prefix}:model:{n}:weights``  the weights blob of version ``n``
+``{prefix}:model:{n}:meta``     JSON of :meth:`VersionInfo.to_dict`
+``{prefix}:models``             sorted set of the kept version numbers (score = number)
+``{prefix}:pointer``            hash: ``version`` (absent before the first version), ``pinned`` (0/1)
+``{prefix}:trainer:through``    the last period committed (absent means 0)
+``{prefix}:trainer:state``      the trainer state blob
+``{prefix}:trainer:lease``      the trainer lease; value = owner, expiry = the lease
+``{prefix}:trainer:status``     JSON status record
+``{prefix}:swaps``              pub/sub channel; the new pointer's version is published on every change
+==============================  ======================================================================
+
+Multi-key steps run as Lua scripts, so they are atomic with respect to one
+another: ``append`` and ``rollover`` never interleave, and ``commit_period``
+publishes a version, advances the trainer and moves the pointer in one step.
+The scripts derive the per-period and per-user keys from the prefix, so the
+layout suits one Redis (or a primary with replicas), not Redis Cluster.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+from redis.client import PubSub
+from redis.exceptions import RedisError
+
+from trainer.store.base import (
+    Click,
+    EmptyPeriod,
+    Interaction,
+    NewVersion,
+    Pointer,
+    Store,
+    StoreError,
+    UnknownVersion,
+    VersionInfo,
+)
+
+READ_CHUNK = 10_000  # stream entries per XRANGE reply
+SUBSCRIBE_SECONDS = 5.0  # how long the first wait_for_swap may wait for its subscription to be confirmed
+
+# KEYS: period. ARGV: prefix, history_length, then per event: user, item, cats, label, ts, click ("" if negative).
+_APPEND = """
+local period = redis.call('GET', KEYS[1]) or '1'
+local stream = ARGV[1] .. ':log:' .. period
+local keep = tonumber(ARGV[2])
+for i = 3, #ARGV, 6 do
+  redis.call('XADD', stream, '*', 'user', ARGV[i], 'item', ARGV[i + 1], 'cats', ARGV[i + 2],
+             'label', ARGV[i + 3], 'ts', ARGV[i + 4])
+  if ARGV[i + 5] ~= '' and keep > 0 then
+    local clicks = ARGV[1] .. ':clicks:' .. ARGV[i]
+    redis.call('RPUSH', clicks, ARGV[i + 5])
+    redis.call('LTRIM', clicks, -keep, -1)
+  end
+end
+return tonumber(period)
+"""
+
+# KEYS: period. ARGV: prefix. Returns the closed period, or minus the open one when it is empty.
+_ROLLOVER = """
+local period = tonumber(redis.call('GET', KEYS[1]) or '1')
+if redis.call('XLEN', ARGV[1] .. ':log:' .. period) == 0 then
+  return -period
+end
+redis.call('SET', KEYS[1], period + 1)
+return period
+"""
+
+# The meta JSON arrives without its leading '{"version": N' since only the script knows N.
+# KEYS: version:last, models, pointer. ARGV: prefix, meta tail, weights, channel.
+_PUBLISH_INITIAL = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return 0
+end
+redis.call('SET', KEYS[1], 1)
+redis.call('SET', ARGV[1] .. ':model:1:weights', ARGV[3])
+redis.call('SET', ARGV[1] .. ':model:1:meta', '{"version": 1' .. ARGV[2])
+redis.call('ZADD', KEYS[2], 1, 1)
+redis.call('HSET', KEYS[3], 'version', 1, 'pinned', 0)
+redis.call('PUBLISH', ARGV[4], 1)
+return 1
+"""
+
+# KEYS: trainer:through, trainer:state, version:last, models, pointer.
+# ARGV: prefix, trained_through, meta tail, weights, trainer state, keep, channel.
+# Returns {1, version} or {0, current trained_through}.
+_COMMIT = """
+local through = tonumber(redis.call('GET', KEYS[1]) or '0')
+local target = tonumber(ARGV[2])
+if target ~= through + 1 then
+  return {0, through}
+end
+local n = redis.call('INCR', KEYS[3])
+redis.call('SET', ARGV[1] .. ':model:' .. n .. ':weights', ARGV[4])
+redis.call('SET', ARGV[1] .. ':model:' .. n .. ':meta', '{"version": ' .. n .. ARGV[3])
+redis.call('ZADD', KEYS[4], n, n)
+redis.call('SET', KEYS[1], target)
+redis.call('SET', KEYS[2], ARGV[5])
+if redis.call('HGET', KEYS[5], 'pinned') ~= '1' then
+  redis.call('HSET', KEYS[5], 'version', n, 'pinned', 0)
+end
+local pointed = tonumber(redis.call('HGET', KEYS[5], 'version'))
+local excess = redis.call('ZCARD', KEYS[4]) - tonumber(ARGV[6])
+if excess > 0 then
+  for _, old in ipairs(redis.call('ZRANGE', KEYS[4], 0, excess - 1)) do
+    if tonumber(old) ~= pointed then
+      redis.call('DEL', ARGV[1] .. ':model:' .. old .. ':weights', ARGV[1] .. ':model:' .. old .. ':meta')
+      redis.call('ZREM', KEYS[4], old)
+    end
+  end
+end
+redis.call('PUBLISH', ARGV[7], n)
+return {1, n}
+"""
+
+# KEYS: models, pointer. ARGV: version, channel.
+_ACTIVATE = """
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  return 0
+end
+redis.call('HSET', KEYS[2], 'version', ARGV[1], 'pinned', 1)
+redis.call('PUBLISH', ARGV[2], ARGV[1])
+return 1
+"""
+
+# KEYS: models, pointer. ARGV: channel. Returns the newest version, or 0 when there is none.
+_UNPIN = """
+local newest = redis.call('ZRANGE', KEYS[1], -1, -1)[1]
+if newest then
+  redis.call('HSET', KEYS[2], 'version', newest, 'pinned', 0)
+else
+  redis.call('HDEL', KEYS[2], 'version')
+  redis.call('HSET', KEYS[2], 'pinned', 0)
+  newest = 0
+end
+redis.call('PUBLISH', ARGV[1], newest)
+return tonumber(newest)
+"""
+
+# KEYS: lease. ARGV: owner, milliseconds.
+_ACQUIRE = """
+local holder = redis.call('GET', KEYS[1])
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+# KEYS: lease. ARGV: owner.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+class RedisStore(Store):
+    def __init__(self, url: str, prefix: str = "asmg") -> None:
+        self.prefix = prefix
+        self._redis = redis.Redis.from_url(url, decode_responses=False, socket_connect_timeout=5.0)
+        self._channel = self._key("swaps")
+        self._append = self._redis.register_script(_APPEND)
+        self._rollover = self._redis.register_script(_ROLLOVER)
+        self._publish_initial = self._redis.register_script(_PUBLISH_INITIAL)
+        self._commit = self._redis.register_script(_COMMIT)
+        self._activate = self._redis.register_script(_ACTIVATE)
+        self._unpin = self._redis.register_script(_UNPIN)
+        self._acquire = self._redis.register_script(_ACQUIRE)
+        self._release = self._redis.register_script(_RELEASE)
+        self._pubsub: PubSub | None = None
+        self._pubsub_lock = threading.Lock()
+
+    def _key(self, *parts: str | int) -> str:
+        return ":".join([self.prefix, *map(str, parts)])
+
+    # -- the interaction log ------------------------------------------------------
+
+    def open_period(self) -> int:
+        value: Any = self._redis.get(self._key("period"))
+        return 1 if value is None else int(value)
+
+    def append(self, events: Sequence[Interaction], history_length: int) -> int:
+        if not events:
+            return self.open_period()
+        args: list[str | int] = [self.prefix, history_length]
+        for event in events:
+            cats = json.dumps(list(event.categories))
+            click = json.dumps([event.item_id, list(event.categories)]) if event.label == 1 else ""
+            args += [event.user_id, event.item_id, cats, int(event.label), repr(float(event.timestamp)), click]
+        period: Any = self._append(keys=[self._key("period")], args=args)
+        return int(period)
+
+    def rollover(self) -> int:
+        period = int(self._rollover(keys=[self._key("period")], args=[self.prefix]))
+        if period < 0:
+            raise EmptyPeriod(f"period {-period} holds no events")
+        return period
+
+    def period_size(self, period: int) -> int:
+        size: Any = self._redis.xlen(self._key("log", period))
+        return int(size)
+
+    def read_period(self, period: int) -> list[Interaction]:
+        key = self._key("log", period)
+        events: list[Interaction] = []
+        start: bytes | str = "-"
+        while True:
+            chunk: Any = self._redis.xrange(key, min=start, max="+", count=READ_CHUNK)
+            events += (_interaction(fields) for _, fields in chunk)
+            if len(chunk) < READ_CHUNK:
+                return events
+            start = b"(" + chunk[-1][0]
+
+    def recent_clicks(self, user_id: str, limit: int) -> list[Click]:
+        if limit <= 0:
+            return []
+        raw: Any = self._redis.lrange(self._key("clicks", user_id), -limit, -1)
+        return [Click(str(item), tuple(cats)) for item, cats in map(json.loads, raw)]
+
+    # -- the model registry -------------------------------------------------------
+
+    def publish_initial(self, version: NewVersion) -> VersionInfo | None:
+        info = _draft(version)
+        done = self._publish_initial(
+            keys=[self._key("version", "last"), self._key("models"), self._key("pointer")],
+            args=[self.prefix, _meta_tail(info), version.weights, self._channel],
+        )
+        return dataclasses.replace(info, version=1) if int(done) else None
+
+    def commit_period(self, version: NewVersion, trainer_state: bytes, keep: int) -> VersionInfo:
+        if keep < 1:
+            raise ValueError(f"keep must be at least 1, not {keep}")
+        info = _draft(version)
+        keys = [
+            self._key("trainer", "through"),
+            self._key("trainer", "state"),
+            self._key("version", "last"),
+            self._key("models"),
+            self._key("pointer"),
+        ]
+        args: list[str | int | bytes] = [
+            self.prefix,
+            version.trained_through,
+            _meta_tail(info),
+            version.weights,
+            trainer_state,
+            keep,
+            self._channel,
+        ]
+        ok, value = self._commit(keys=keys, args=args)
+        if not int(ok):
+            raise StoreError(
+                f"refusing to publish a model trained through period {version.trained_through}: "
+                f"the store is trained through period {int(value)}"
+            )
+        return dataclasses.replace(info, version=int(value))
+
+    def versions(self) -> list[VersionInfo]:
+        numbers: Any = self._redis.zrange(self._key("models"), 0, -1)
+        if not numbers:
+            return []
+        metas: Any = self._redis.mget([self._key("model", int(n), "meta") for n in numbers])
+        # a version trimmed between the two calls is just left out
+        return [VersionInfo.from_dict(json.loads(meta)) for meta in metas if meta is not None]
+
+    def version(self, number: int) -> VersionInfo | None:
+        meta: Any = self._redis.get(self._key("model", number, "meta"))
+        return None if meta is None else VersionInfo.from_dict(json.loads(meta))
+
+    def weights(self, number: int) -> bytes | None:
+        blob: Any = self._redis.get(self._key("model", number, "weights"))
+        return None if blob is None else bytes(blob)
+
+    def pointer(self) -> Pointer:
+        values: Any = self._redis.hmget(self._key("pointer"), ["version", "pinned"])
+        version, pinned = values
+        return Pointer(None if version is None else int(version), pinned == b"1")
+
+    def activate(self, number: int) -> Pointer:
+        done = self._activate(keys=[self._key("models"), self._key("pointer")], args=[number, self._channel])
+        if not int(done):
+            raise UnknownVersion(f"version {number} is not in the registry")
+        return Pointer(number, True)
+
+    def unpin(self) -> Pointer:
+        newest = int(self._unpin(keys=[self._key("models"), self._key("pointer")], args=[self._channel]))
+        return Pointer(newest or None, False)
+
+    def wait_for_swap(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._pubsub_lock:
+            try:
+                pubsub = self._subscription()
+                swapped = False
+                while True:
+                    # once one notification came, drain the rest without waiting
+                    remaining = 0.0 if swapped else max(0.0, deadline - time.monotonic())
+                    message = pubsub.get_message(timeout=remaining)
+                    if message is None:
+                        if swapped or time.monotonic() >= deadline:
+                            return swapped
+                    elif message["type"] == "message":
+                        swapped = True
+            except RedisError:
+                self._drop_subscription()
+                raise
+
+    def _subscription(self) -> PubSub:
+        """The swap-channel subscription, created on first use and confirmed before use,
+        so a change made after the first ``wait_for_swap`` returns is never missed."""
+        if self._pubsub is not None:
+            return self._pubsub
+        pubsub = self._redis.pubsub()
+        self._pubsub = pubsub
+        pubsub.subscribe(self._channel)
+        limit = time.monotonic() + SUBSCRIBE_SECONDS
+        while time.monotonic() < limit:
+            message = pubsub.get_message(timeout=max(0.0, limit - time.monotonic()))
+            if message is not None and message["type"] == "subscribe":
+                return pubsub
+        raise redis.TimeoutError(f"no confirmation of the subscription to {self._channel}")
+
+    def _drop_subscription(self) -> None:
+        if self._pubsub is not None:
+            self._pubsub.close()
+            self._pubsub = None
+
+    # -- the trainer --------------------------------------------------------------
+
+    def trainer_progress(self) -> tuple[int, bytes | None]:
+        values: Any = self._redis.mget([self._key("trainer", "through"), self._key("trainer", "state")])
+        through, state = values
+        return (0 if through is None else int(through)), (None if state is None else bytes(state))
+
+    def trained_through(self) -> int:
+        through: Any = self._redis.get(self._key("trainer", "through"))
+        return 0 if through is None else int(through)
+
+    def acquire_lease(self, owner: str, seconds: float) -> bool:
+        milliseconds = max(1, round(seconds * 1000))
+        return bool(int(self._acquire(keys=[self._key("trainer", "lease")], args=[owner, milliseconds])))
+
+    def release_lease(self, owner: str) -> None:
+        self._release(keys=[self._key("trainer", "lease")], args=[owner])
+
+    def set_trainer_status(self, status: dict[str, Any]) -> None:
+        self._redis.set(self._key("trainer", "status"), json.dumps(status))
+
+    def trainer_status(self) -> dict[str, Any]:
+        raw: Any = self._redis.get(self._key("trainer", "status"))
+        return {} if raw is None else dict(json.loads(raw))
+
+    # -- housekeeping -------------------------------------------------------------
+
+    def ping(self) -> bool:
+        try:
+            return bool(self._redis.ping())
+        except (RedisError, OSError):
+            return False
+
+    def close(self) -> None:
+        with self._pubsub_lock:
+            self._drop_subscription()
+        self._redis.close()
+        self._redis.connection_pool.disconnect()
+
+
+def _interaction(fields: dict[bytes, bytes]) -> Interaction:
+    return Interaction(
+        user_id=fields[b"user"].decode(),
+        item_id=fields[b"item"].decode(),
+        categories=tuple(json.loads(fields[b"cats"])),
+        label=int(fields[b"label"]),
+        timestamp=float(fields[b"ts"]),
+    )
+
+
+def _draft(version: NewVersion) -> VersionInfo:
+    """The version's metadata, numbered 0 until the script hands out its number."""
+    return VersionInfo(
+        version=0,
+        sha256=version.sha256,
+        trained_through=version.trained_through,
+        method=version.method,
+        created=time.time(),
+        size=len(version.weights),
+        metrics=dict(version.metrics),
+        note=version.note,
+    )
+
+
+def _meta_tail(draft: VersionInfo) -> str:
+    """The meta JSON after ``{"version": 0``; the script writes the real number in front, so
+    floats keep full precision (Lua's cjson would round them to 14 digits)."""
+    text = json.dumps(draft.to_dict())
+    head = '{"version": 0'
+    assert text.startswith(head), text
+    return text[len(head) :]
