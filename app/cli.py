@@ -20,6 +20,11 @@ from trainer.worker import ModelLoadError
 log = logging.getLogger("asmg")
 
 
+def _service_logging() -> None:
+    # a long-running service reports its swaps, periods and refusals without -v
+    logging.getLogger("asmg").setLevel(logging.INFO)
+
+
 def _settings(**overrides: object) -> Settings:
     """ASMG_* variables, with command-line options on top."""
     return Settings(**{k: v for k, v in overrides.items() if v is not None})  # type: ignore[arg-type]
@@ -31,6 +36,7 @@ def run_serve(args: argparse.Namespace) -> int:
     from app.main import create_app
 
     settings = _settings(host=args.host, port=args.port)
+    _service_logging()
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info", access_log=False)
     return 0
 
@@ -41,6 +47,7 @@ def run_trainer_command(args: argparse.Namespace) -> int:
     from trainer.worker import PeriodTrainer, ensure_initial_model, report_dict, run_trainer
 
     settings = _settings()
+    _service_logging()
     store = open_store(settings)
     try:
         ensure_initial_model(store, settings)

@@ -65,6 +65,8 @@ def invalid(loc: Sequence[str | int], message: str, kind: str = "value_error") -
 
 
 def check_id(value: str | int, loc: Sequence[str | int], limit: int) -> str:
+    if isinstance(value, int) and value.bit_length() > 4 * limit:  # str() of a huge int is slow, then refused
+        raise invalid(loc, f"ids must be 1 to {limit} characters long", "string_too_long")
     text = str(value)
     if not text or len(text) > limit:
         raise invalid(

@@ -42,6 +42,7 @@ EVENT = {"user_id": "u1", "item_id": "i1", "label": 1}
         ({"user_id": "u1", "items": "i1"}, ("body", "items")),
         ({"user_id": "x" * 17, "items": [ITEM]}, ("body", "user_id")),
         ({"user_id": "", "items": [ITEM]}, ("body", "user_id")),
+        ({"user_id": 10**17, "items": [ITEM]}, ("body", "user_id")),
         ({"user_id": "u1", "items": [ITEM, {"item_id": "y" * 100}]}, ("body", "items", 1, "item_id")),
         (
             {"user_id": "u1", "items": [{"item_id": 1, "categories": ["a", "b", "c", "d"]}]},
@@ -74,6 +75,13 @@ def test_interactions_reject_bad_events(client: httpx.Client, event: dict[str, A
     # nothing of a refused batch is logged, not even its good first event
     after = client.get("/admin/status", headers=AUTH).json()
     assert after == before
+
+
+def test_integers_too_long_to_parse_are_a_client_error(client: httpx.Client) -> None:
+    # Python's JSON parser refuses integers over 4300 digits before validation can name a field
+    body = '{"user_id": ' + "9" * 5000 + ', "items": [{"item_id": 1}]}'
+    response = client.post("/v1/predict", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400 and "parsing the body" in response.json()["detail"]
 
 
 def test_interaction_batches_have_limits(client: httpx.Client) -> None:

@@ -210,3 +210,13 @@ def test_a_corrupt_version_is_refused_and_the_old_one_keeps_serving(settings: Se
             assert refused.status_code == 409 and "sha256" in refused.json()["detail"]
     finally:
         store.close()
+
+
+def test_scheduled_rollover_closes_and_trains_periods(tmp_path: Path) -> None:
+    settings = small_settings(tmp_path / "state", rollover_interval_seconds=0.3, method="iu")
+    with running_server(settings) as url, httpx.Client(base_url=url, timeout=30) as client:
+        post_period(client, traffic(1)[0])
+        wait_for(lambda: trained_through(client) >= 1, what="a period closed by the schedule and trained")
+        status = client.get("/admin/status", headers=AUTH).json()
+        # with no new traffic the schedule skips empty periods instead of closing them
+        assert status["open_period"] == 2 and status["open_period_events"] == 0
