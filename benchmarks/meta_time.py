@@ -25,15 +25,20 @@ def main() -> int:
     parser.add_argument("--dataset", default="ml-1m")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=1024, help="base-model batch (the tables: 256 on ml-1m)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config = ModelConfig()
-    replay = Replay(encode_log(load_dataset(args.dataset), config), config, TrainConfig())
+    train = TrainConfig(batch_size=args.batch_size)
+    replay = Replay(encode_log(load_dataset(args.dataset), config), config, train)
     last = {}
     for method in ("iu", "asmg-gru-multi", "asmg-gru-full"):
         last[method] = replay.run(method, args.seed)[-1]
     multi, full = last["asmg-gru-multi"], last["asmg-gru-full"]
-    print(f"{args.dataset}, update at period {multi.period - 1} (seed {args.seed}, {args.threads} thread(s)):")
+    print(
+        f"{args.dataset}, update at period {multi.period - 1} "
+        f"(seed {args.seed}, batch {args.batch_size}, {args.threads} thread(s)):"
+    )
     print(f"  IU update (baseline)       {last['iu'].update_seconds:7.2f} s")
     print(f"  GRU multi meta training    {multi.meta_seconds:7.2f} s  (whole update {multi.update_seconds:.2f} s)")
     print(f"  GRU full meta training     {full.meta_seconds:7.2f} s  (whole update {full.update_seconds:.2f} s)")

@@ -6,9 +6,11 @@ import itertools
 from pathlib import Path
 
 import pytest
+import torch
 
 from app.cli import main
 from tests.service import small_settings
+from trainer.model import load_checkpoint
 from trainer.store import open_store
 from trainer.store.base import Interaction
 
@@ -50,3 +52,38 @@ def test_production_without_a_token_refuses_to_start(
     monkeypatch.setenv("ASMG_ENVIRONMENT", "production")
     assert main(["serve"]) == 2
     assert "ASMG_ADMIN_TOKEN" in capsys.readouterr().err
+
+
+def test_pretrained_initial_model_is_served_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = small_settings(tmp_path / "state")
+    for name in ("user_buckets", "item_buckets", "category_buckets", "history_length"):
+        monkeypatch.setenv(f"ASMG_{name.upper()}", str(getattr(settings, name)))
+    checkpoint = tmp_path / "theta0.pt"
+    assert main(["pretrain", "--synthetic", "--epochs", "1", "--out", str(checkpoint)]) == 0
+    monkeypatch.setenv("ASMG_STATE_DIR", str(settings.state_dir))
+    monkeypatch.setenv("ASMG_INITIAL_MODEL", str(checkpoint))
+    assert main(["trainer", "--once"]) == 0  # publishes the initial model, nothing to train
+    store = open_store(settings)
+    try:
+        (first,) = store.versions()
+        weights = store.weights(first.version)
+    finally:
+        store.close()
+    _, served, _ = load_checkpoint(weights or b"")
+    _, pretrained, meta = load_checkpoint(checkpoint.read_bytes())
+    assert meta["pretrained_on"] == "synthetic"
+    assert all(torch.equal(served[k], pretrained[k]) for k in pretrained)
+
+
+def test_initial_model_of_another_shape_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    checkpoint = tmp_path / "theta0.pt"
+    monkeypatch.setenv("ASMG_USER_BUCKETS", "64")
+    monkeypatch.setenv("ASMG_ITEM_BUCKETS", "64")
+    assert main(["pretrain", "--synthetic", "--epochs", "1", "--out", str(checkpoint)]) == 0
+    monkeypatch.setenv("ASMG_USER_BUCKETS", "128")
+    monkeypatch.setenv("ASMG_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("ASMG_INITIAL_MODEL", str(checkpoint))
+    assert main(["trainer", "--once"]) == 2
+    assert "ASMG_INITIAL_MODEL has model shape" in capsys.readouterr().err

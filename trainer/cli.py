@@ -47,12 +47,17 @@ def _positive_float(value: str) -> float:
     return x
 
 
-def add_replay_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("replay", help="replay a data set period by period and compare update methods")
+def add_source_arguments(p: argparse.ArgumentParser) -> None:
+    """Where the events come from: ``--dataset``, ``--data`` or ``--synthetic`` (see :func:`load_events`)."""
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--dataset", help="a known data set: ml-latest-small, ml-100k, ml-1m")
     source.add_argument("--data", type=Path, help="a directory laid out like ml-latest-small (ratings.csv, movies.csv)")
     source.add_argument("--synthetic", action="store_true", help="the seeded drifting synthetic stream")
+
+
+def add_replay_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("replay", help="replay a data set period by period and compare update methods")
+    add_source_arguments(p)
     p.add_argument("--methods", type=_methods, default=_methods("iu,asmg-gru-multi"), help="comma list")
     p.add_argument("--seeds", type=_positive_int, default=1, help="number of seeds (0..N-1)")
     p.add_argument("--out", type=Path, default=Path("results/replay"), help="output directory")

@@ -1,0 +1,61 @@
+"""The period trainer without HTTP: warm-up, the quality gate, progressive validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.service import small_settings, traffic
+from trainer.settings import Settings
+from trainer.store import LocalStore, Store
+from trainer.store.base import Interaction
+from trainer.worker import PeriodTrainer, ensure_initial_model
+
+
+def feed(store: Store, settings: Settings, periods: int) -> None:
+    for events in traffic(periods, seed=2):
+        store.append(
+            [Interaction(e["user_id"], e["item_id"], tuple(e["categories"]), e["label"], 1.0) for e in events],
+            settings.history_length,
+        )
+        store.rollover()
+
+
+def train(tmp_path: Path, periods: int, **overrides: object) -> list[dict[str, object]]:
+    settings = small_settings(tmp_path / "state", **overrides)
+    store = LocalStore(settings.state_dir)
+    try:
+        ensure_initial_model(store, settings)
+        feed(store, settings, periods)
+        PeriodTrainer(store, settings).train_pending()
+        return [v.to_dict() for v in store.versions()]
+    finally:
+        store.close()
+
+
+def test_warm_up_then_gate_then_generated(tmp_path: Path) -> None:
+    versions = train(tmp_path, 7)
+    notes = [v["note"] for v in versions]
+    # k = 3 models before the first meta step, then one period without evidence for the gate
+    assert [v["method"] for v in versions[:5]] == ["initial", "iu", "iu", "iu", "iu"]
+    assert all("warming up" in n for n in notes[1:4]) and "no evidence" in notes[4]
+    for v in versions[5:]:
+        metrics = v["metrics"]
+        assert isinstance(metrics, dict)
+        won = metrics["gate_generated_auc"] >= metrics["gate_iu_auc"]
+        assert v["method"] == ("asmg-gru-multi" if won else "iu")
+        assert won or "quality gate" in str(v["note"])
+    assert all(0 <= v["metrics"]["pv_auc"] <= 1 for v in versions[1:])  # type: ignore[index]
+
+
+def test_a_diverging_generator_is_held_back_by_the_gate(tmp_path: Path) -> None:
+    # a meta learning rate this large wrecks the generated models
+    gated = train(tmp_path / "gated", 8, meta_lr=5.0)
+    lost = [
+        v
+        for v in gated
+        if "gate_iu_auc" in v["metrics"] and v["metrics"]["gate_generated_auc"] < v["metrics"]["gate_iu_auc"]
+    ]  # type: ignore[index,operator]
+    assert lost, "the wrecked generator never lost to IU"
+    assert all(v["method"] == "iu" and "quality gate: on this period" in str(v["note"]) for v in lost)
+    ungated = train(tmp_path / "ungated", 8, meta_lr=5.0, quality_gate=False)
+    assert [v["method"] for v in ungated[4:]] == ["asmg-gru-multi"] * 5
