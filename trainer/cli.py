@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from trainer.config import ModelConfig, TrainConfig
 from trainer.events import DataError, EventTable
+from trainer.updaters.baselines import BaselineConfig
 
 if TYPE_CHECKING:
     from trainer.replay import PeriodResult
@@ -84,6 +85,14 @@ def add_replay_parser(sub: argparse._SubParsersAction) -> None:
     meta.add_argument("--readout", choices=("plain", "residual"), help="plain is the paper's form")
     meta.add_argument("--gate-bias", action=argparse.BooleanOptionalAction, help="biases in the GRU gates")
     meta.add_argument("--warmup", type=int, help="meta-training periods before generated models serve")
+    others = p.add_argument_group("baselines")
+    others.add_argument("--incctr-lambda", type=float, default=BaselineConfig.incctr_lambda, help="distillation weight")
+    others.add_argument(
+        "--spmf-fraction", type=float, default=BaselineConfig.spmf_fraction, help="reservoir / pre-training rows"
+    )
+    others.add_argument(
+        "--spmf-ratio", type=float, default=BaselineConfig.spmf_ratio, help="replayed rows per new positive"
+    )
     p.set_defaults(handler=run_replay)
 
 
@@ -130,6 +139,7 @@ def run_replay(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     overrides = meta_overrides(args)
+    baselines = BaselineConfig(args.incctr_lambda, args.spmf_fraction, args.spmf_ratio)
     for method in args.methods:
         if method.startswith("asmg"):
             meta_config(method, overrides)  # reject bad meta settings before the slow part
@@ -146,7 +156,7 @@ def run_replay(args: argparse.Namespace) -> int:
     with tqdm(total=len(runs) * updates, unit="period", file=sys.stderr) as bar:
         for method, seed in runs:
             bar.set_description(f"{method} seed {seed}")
-            results += replay.run(method, seed, overrides, on_period=lambda _: bar.update())
+            results += replay.run(method, seed, overrides, on_period=lambda _: bar.update(), baselines=baselines)
     write_outputs(results, args.out, name)
     settings = {
         "data": name,
@@ -154,6 +164,7 @@ def run_replay(args: argparse.Namespace) -> int:
         "seeds": args.seeds,
         "model": asdict(model_config),
         "train": asdict(train_config),
+        "baselines": asdict(baselines),
         "protocol": asdict(protocol),
         "meta": {m: asdict(meta_config(m, overrides)) for m in args.methods if m.startswith("asmg")},
         "seconds": time.perf_counter() - started,

@@ -37,14 +37,29 @@ class BaseLearner:
     def config(self) -> ModelConfig:
         return self.model.config
 
-    def fit(self, ex: Examples, epochs: int | None = None) -> float:
-        """Train on ``ex`` (shuffled, ``epochs`` passes); returns the mean batch loss."""
+    def fit(
+        self,
+        ex: Examples,
+        epochs: int | None = None,
+        soft_targets: torch.Tensor | None = None,
+        soft_weight: float = 0.0,
+    ) -> float:
+        """Train on ``ex`` (shuffled, ``epochs`` passes); returns the mean batch loss.
+
+        With ``soft_targets`` (one probability per row) the loss is
+        ``(1 − w)·CE(label) + w·CE(soft target)``, ``w = soft_weight``: IncCTR's
+        distillation towards the previous model.
+        """
         self.model.train()
         losses = []
         for _ in range(epochs or self.train_config.epochs):
             for idx in minibatches(len(ex), self.train_config.batch_size, self.rng):
                 batch = ex.select(idx)
-                loss = F.binary_cross_entropy_with_logits(self.model(batch), batch.label)
+                out = self.model(batch)
+                loss = F.binary_cross_entropy_with_logits(out, batch.label)
+                if soft_targets is not None:
+                    soft = F.binary_cross_entropy_with_logits(out, soft_targets[idx])
+                    loss = (1 - soft_weight) * loss + soft_weight * soft
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()

@@ -22,6 +22,7 @@ from trainer.model import Params, predict
 from trainer.periods import equal_count_bounds
 from trainer.updaters import Updater, make_updater
 from trainer.updaters.asmg import Asmg
+from trainer.updaters.baselines import BaselineConfig
 
 Split = Literal["train", "valid", "test"]
 MIN_ROWS_PER_PERIOD = 10
@@ -100,13 +101,16 @@ class Replay:
         self.periods = {t: log.examples(*self.bounds[t - 1]) for t in range(first + 1, self.protocol.periods + 1)}
         self._pretrained: dict[int, BaseLearner] = {}
 
+    def pretrain_examples(self) -> Examples:
+        """The rows Θ_0 is trained on (periods 1 to ``pretrain_periods``)."""
+        return self.log.examples(0, self.bounds[self.protocol.pretrain_periods - 1][1])
+
     def pretrained(self, seed: int, train_config: TrainConfig | None = None) -> BaseLearner:
         """A copy of Θ_0 for ``seed``, set up to update with ``train_config``
         (default: the replay's), its Adam moments carried over."""
         if seed not in self._pretrained:
             learner = BaseLearner(self.model_config, self.pretrain_config, seed)
-            end = self.bounds[self.protocol.pretrain_periods - 1][1]
-            learner.fit(self.log.examples(0, end), epochs=self.protocol.pretrain_epochs)
+            learner.fit(self.pretrain_examples(), epochs=self.protocol.pretrain_epochs)
             self._pretrained[seed] = learner
         learner = self._pretrained[seed].clone()
         learner.train_config = train_config or self.train_config
@@ -121,8 +125,11 @@ class Replay:
         meta_overrides: dict[str, Any] | None = None,
         on_period: Callable[[PeriodResult], None] | None = None,
         train_config: TrainConfig | None = None,
+        baselines: BaselineConfig | None = None,
     ) -> list[PeriodResult]:
-        updater = make_updater(method, self.pretrained(seed, train_config), seed, meta_overrides)
+        pretrain = self.pretrain_examples() if method == "spmf" else None
+        learner = self.pretrained(seed, train_config)
+        updater = make_updater(method, learner, seed, meta_overrides, baselines, pretrain)
         return list(self.iterate(method, seed, updater, on_period))
 
     def iterate(

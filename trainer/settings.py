@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from trainer.config import ModelConfig, TrainConfig
 from trainer.updaters import METHODS
+from trainer.updaters.baselines import BaselineConfig
 
 
 class Settings(BaseSettings):
@@ -56,6 +57,11 @@ class Settings(BaseSettings):
     meta_hidden: int = Field(4, ge=1, description="GRU hidden size d per coordinate.")
     meta_lr: float = Field(1e-3, gt=0, description="Adam learning rate of the meta generator.")
     warmup: int = Field(1, ge=0, description="Periods of meta training before generated models are served.")
+    incctr_lambda: float = Field(0.1, ge=0, le=1, description="IncCTR: weight of the distillation loss.")
+    spmf_fraction: float = Field(
+        0.1, gt=0, le=1, description="SPMF: reservoir size as a fraction of the first period's rows."
+    )
+    spmf_ratio: float = Field(0.5, ge=0, description="SPMF: reservoir rows replayed per new positive.")
     seed: int = Field(0, description="Seed of the initial model and of training.")
     initial_model: Path | None = Field(None, description="Checkpoint to serve before the first period closes.")
 
@@ -118,6 +124,9 @@ class Settings(BaseSettings):
             history_length=self.history_length,
             hidden=self.hidden,
         )
+
+    def baselines(self) -> BaselineConfig:
+        return BaselineConfig(self.incctr_lambda, self.spmf_fraction, self.spmf_ratio)
 
     def train(self) -> TrainConfig:
         return TrainConfig(lr=self.lr, batch_size=self.batch_size, epochs=self.epochs)

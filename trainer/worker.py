@@ -145,7 +145,7 @@ class PeriodTrainer:
             learner.model.load_params(initial_params(self.settings))
         overrides = {"window": self.settings.window, "hidden": self.settings.meta_hidden, "lr": self.settings.meta_lr}
         overrides["warmup"] = self.settings.warmup
-        return make_updater(self.settings.method, learner, self.settings.seed, overrides)
+        return make_updater(self.settings.method, learner, self.settings.seed, overrides, self.settings.baselines())
 
     def _load(self) -> None:
         through, blob = self.store.trainer_progress()

@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from trainer.features import Examples
 from trainer.learner import BaseLearner
 from trainer.updaters.asmg import Asmg, MetaConfig
 from trainer.updaters.base import Updater
+from trainer.updaters.baselines import BaselineConfig, IncCtr, Spmf
 from trainer.updaters.incremental import BatchUpdate
 
 # The configuration each ASMG name runs by default: chosen on the validation
@@ -20,6 +22,8 @@ METHODS: tuple[str, ...] = (
     "bu-3",
     "bu-5",
     "bu-7",
+    "spmf",
+    "incctr",
     "asmg-linear",
     "asmg-gru-single",
     "asmg-gru-multi",
@@ -42,11 +46,24 @@ def meta_config(method: str, overrides: dict[str, Any] | None = None) -> MetaCon
     return replace(base, generator="gru", strategy=strategy)  # type: ignore[arg-type]
 
 
-def make_updater(method: str, learner: BaseLearner, seed: int, meta_overrides: dict[str, Any] | None = None) -> Updater:
+def make_updater(
+    method: str,
+    learner: BaseLearner,
+    seed: int,
+    meta_overrides: dict[str, Any] | None = None,
+    baselines: BaselineConfig | None = None,
+    pretrain: Examples | None = None,
+) -> Updater:
+    """The updater ``method`` names. ``pretrain`` (Θ_0's training data) seeds SPMF's reservoir."""
     if method not in METHODS:
         raise UnknownMethod(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+    baselines = baselines or BaselineConfig()
     if method == "iu":
         return BatchUpdate(learner, window=1)
     if method.startswith("bu-"):
         return BatchUpdate(learner, window=int(method.removeprefix("bu-")))
+    if method == "incctr":
+        return IncCtr(learner, baselines.incctr_lambda)
+    if method == "spmf":
+        return Spmf(learner, baselines, seed, pretrain)
     return Asmg(learner, meta_config(method, meta_overrides), seed)

@@ -1,0 +1,83 @@
+"""IncCTR and SPMF: their defining equivalences and their sampling."""
+
+from __future__ import annotations
+
+import torch
+
+from tests.test_update_contract import assert_same, periods, run
+from trainer.config import ModelConfig, TrainConfig
+from trainer.features import EncodedLog
+from trainer.learner import BaseLearner
+from trainer.model import predict
+from trainer.updaters import make_updater
+from trainer.updaters.baselines import BaselineConfig, Spmf
+
+
+def learner(config: ModelConfig, train: TrainConfig) -> BaseLearner:
+    return BaseLearner(config, train, 3)
+
+
+def test_incctr_with_zero_weight_is_iu(
+    small_log: EncodedLog, small_config: ModelConfig, small_train: TrainConfig
+) -> None:
+    data = periods(small_log, 4)
+    iu = run(make_updater("iu", learner(small_config, small_train), 3), data)
+    inc = run(
+        make_updater("incctr", learner(small_config, small_train), 3, baselines=BaselineConfig(incctr_lambda=0.0)), data
+    )
+    assert_same(iu[-1], inc[-1])
+    distilled = run(make_updater("incctr", learner(small_config, small_train), 3, baselines=BaselineConfig(0.5)), data)
+    assert not torch.equal(distilled[-1]["mlp.0.weight"], iu[-1]["mlp.0.weight"])
+
+
+def test_incctr_full_weight_keeps_the_previous_models_scores(
+    small_log: EncodedLog, small_config: ModelConfig, small_train: TrainConfig
+) -> None:
+    data = periods(small_log, 2)
+    start = learner(small_config, small_train)
+    before = predict(start.params(), data[1], 2 + 1)
+    iu = make_updater("iu", learner(small_config, small_train), 3)
+    teacher_only = make_updater("incctr", start, 3, baselines=BaselineConfig(incctr_lambda=1.0))
+    drift_iu = (predict(iu.update(data[1]), data[1], 3) - before).abs().mean()
+    drift_kd = (predict(teacher_only.update(data[1]), data[1], 3) - before).abs().mean()
+    assert drift_kd < drift_iu / 2  # trained only towards its own scores, it barely moves
+
+
+def test_spmf_with_zero_ratio_is_iu(small_log: EncodedLog, small_config: ModelConfig, small_train: TrainConfig) -> None:
+    data = periods(small_log, 4)
+    iu = run(make_updater("iu", learner(small_config, small_train), 3), data)
+    spmf = make_updater(
+        "spmf", learner(small_config, small_train), 3, baselines=BaselineConfig(spmf_ratio=0.0), pretrain=data[0]
+    )
+    assert_same(iu[-1], run(spmf, data)[-1])
+    replaying = make_updater("spmf", learner(small_config, small_train), 3, pretrain=data[0])
+    assert not torch.equal(run(replaying, data)[-1]["mlp.0.weight"], iu[-1]["mlp.0.weight"])
+
+
+def test_spmf_reservoir_holds_a_bounded_sample_of_positives(
+    small_log: EncodedLog, small_config: ModelConfig, small_train: TrainConfig
+) -> None:
+    data = periods(small_log, 6)
+    spmf = Spmf(learner(small_config, small_train), BaselineConfig(spmf_fraction=0.05), 3, pretrain=data[0])
+    assert spmf.capacity == -(-len(data[0]) * 5 // 100)
+    assert spmf.reservoir is not None and len(spmf.reservoir) == spmf.capacity
+    for period in data[1:]:
+        spmf.update(period)
+    assert spmf.reservoir is not None and len(spmf.reservoir) == spmf.capacity
+    assert bool((spmf.reservoir.label == 1).all())
+    total_positives = sum(int((p.label > 0.5).sum()) for p in data)
+    assert spmf.seen == total_positives
+    # later periods' positives got into the reservoir too
+    later_users = set(torch.cat([p.user for p in data[3:]]).tolist())
+    assert later_users & set(spmf.reservoir.user.tolist())
+
+
+def test_spmf_draws_forgotten_positives_more_often(
+    small_log: EncodedLog, small_config: ModelConfig, small_train: TrainConfig
+) -> None:
+    data = periods(small_log, 2)
+    spmf = Spmf(learner(small_config, small_train), BaselineConfig(spmf_fraction=0.5), 3, pretrain=data[0])
+    assert spmf.reservoir is not None
+    scores = predict(spmf.learner.params(), spmf.reservoir, 3)
+    draws = torch.cat([predict(spmf.learner.params(), spmf._draw(10), 3) for _ in range(200)])  # type: ignore[arg-type]
+    assert draws.mean() < scores.mean()
