@@ -11,6 +11,7 @@ from trainer.learner import BaseLearner
 from trainer.model import predict
 from trainer.updaters import make_updater
 from trainer.updaters.baselines import BaselineConfig, Spmf
+from trainer.updaters.sml import Sml, SmlConfig, stack_inputs
 
 
 def learner(config: ModelConfig, train: TrainConfig) -> BaseLearner:
@@ -81,3 +82,41 @@ def test_spmf_draws_forgotten_positives_more_often(
     scores = predict(spmf.learner.params(), spmf.reservoir, 3)
     draws = torch.cat([predict(spmf.learner.params(), spmf._draw(10), 3) for _ in range(200)])  # type: ignore[arg-type]
     assert draws.mean() < scores.mean()
+
+
+def test_sml_stacks_previous_new_and_their_scaled_product() -> None:
+    previous = torch.tensor([[3.0, 4.0], [0.0, 1.0]])
+    new = torch.tensor([[1.0, 2.0], [5.0, 6.0]])
+    x = stack_inputs(previous, new)
+    assert x.shape == (2, 3, 2)
+    assert torch.equal(x[:, 0], previous) and torch.equal(x[:, 1], new)
+    torch.testing.assert_close(x[0, 2], torch.tensor([3.0 * 1 / 5, 4.0 * 2 / 5]))
+    torch.testing.assert_close(x[1, 2], torch.tensor([0.0, 6.0]))
+
+
+def test_sml_transfer_layers_and_shapes(small_config: ModelConfig, small_train: TrainConfig) -> None:
+    sml = Sml(learner(small_config, small_train), SmlConfig(filters1=4, filters2=2, hidden=5), 3)
+    module = sml._module("item_emb")
+    assert module.conv1.kernel_size == (3, 1) and module.conv1.out_channels == 4
+    assert module.conv2.out_channels == 2 and module.dense1.in_features == 2 * small_config.embedding_dim
+    assert module.dense1.out_features == 5 and module.dense2.out_features == small_config.embedding_dim
+    assert sml._module("mlp.0.weight").dense2.out_features == small_config.mlp_input  # a weight matrix's rows
+
+
+def test_sml_starts_as_iu_then_learns_a_transfer(
+    small_log: EncodedLog, small_config: ModelConfig, small_train: TrainConfig
+) -> None:
+    data = periods(small_log, 4)
+    iu = make_updater("iu", learner(small_config, small_train), 3)
+    sml = make_updater("sml", learner(small_config, small_train), 3)
+    assert isinstance(sml, Sml)
+    # residual read-out: before the transfer has trained, W_t = Ŵ_t, the IU model
+    assert_same(iu.update(data[0]), sml.update(data[0]))
+    served = sml.update(data[1])  # the transfer trains on data[1] towards it
+    assert sml.pair is not None
+    assert not torch.equal(served["mlp.0.weight"], sml.pair[1]["mlp.0.weight"])
+    assert sml.last_meta_seconds > 0
+    plain = make_updater(
+        "sml", learner(small_config, small_train), 3, baselines=BaselineConfig(sml=SmlConfig(residual=False))
+    )
+    assert not torch.equal(plain.update(data[0])["mlp.0.weight"], iu.learner.params()["mlp.0.weight"])

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from trainer.config import ModelConfig, TrainConfig
 from trainer.events import DataError, EventTable
 from trainer.updaters.baselines import BaselineConfig
+from trainer.updaters.sml import SmlConfig
 
 if TYPE_CHECKING:
     from trainer.replay import PeriodResult
@@ -93,7 +94,21 @@ def add_replay_parser(sub: argparse._SubParsersAction) -> None:
     others.add_argument(
         "--spmf-ratio", type=float, default=BaselineConfig.spmf_ratio, help="replayed rows per new positive"
     )
+    others.add_argument("--sml-filters", default="3,2", help="SML conv filters n1,n2")
+    others.add_argument("--sml-hidden", type=_positive_int, default=SmlConfig.hidden, help="SML dense hidden size")
+    others.add_argument("--sml-lr", type=_positive_float, default=SmlConfig.lr, help="SML transfer learning rate")
+    others.add_argument(
+        "--sml-readout", choices=("plain", "residual"), default="residual", help="plain is the paper's form"
+    )
     p.set_defaults(handler=run_replay)
+
+
+def sml_config(args: argparse.Namespace) -> SmlConfig:
+    try:
+        n1, n2 = (int(part) for part in args.sml_filters.split(","))
+    except ValueError as exc:
+        raise ValueError(f"--sml-filters takes two integers like 3,2, not {args.sml_filters!r}") from exc
+    return SmlConfig(n1, n2, args.sml_hidden, args.sml_lr, residual=args.sml_readout == "residual")
 
 
 def add_fetch_parser(sub: argparse._SubParsersAction) -> None:
@@ -139,7 +154,7 @@ def run_replay(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     overrides = meta_overrides(args)
-    baselines = BaselineConfig(args.incctr_lambda, args.spmf_fraction, args.spmf_ratio)
+    baselines = BaselineConfig(args.incctr_lambda, args.spmf_fraction, args.spmf_ratio, sml_config(args))
     for method in args.methods:
         if method.startswith("asmg"):
             meta_config(method, overrides)  # reject bad meta settings before the slow part

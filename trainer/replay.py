@@ -21,7 +21,6 @@ from trainer.metrics import auc, logloss
 from trainer.model import Params, predict
 from trainer.periods import equal_count_bounds
 from trainer.updaters import Updater, make_updater
-from trainer.updaters.asmg import Asmg
 from trainer.updaters.baselines import BaselineConfig
 
 Split = Literal["train", "valid", "test"]
@@ -155,7 +154,7 @@ class Replay:
                 logloss=loss_value,
                 rows=len(self.periods[t + 1]),
                 update_seconds=elapsed,
-                meta_seconds=updater.last_meta_seconds if isinstance(updater, Asmg) else 0.0,
+                meta_seconds=updater.last_meta_seconds,
             )
             if on_period:
                 on_period(result)

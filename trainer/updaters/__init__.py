@@ -11,6 +11,7 @@ from trainer.updaters.asmg import Asmg, MetaConfig
 from trainer.updaters.base import Updater
 from trainer.updaters.baselines import BaselineConfig, IncCtr, Spmf
 from trainer.updaters.incremental import BatchUpdate
+from trainer.updaters.sml import Sml
 
 # The configuration each ASMG name runs by default: chosen on the validation
 # periods (docs/results.md). The paper's exact form is
@@ -24,6 +25,7 @@ METHODS: tuple[str, ...] = (
     "bu-7",
     "spmf",
     "incctr",
+    "sml",
     "asmg-linear",
     "asmg-gru-single",
     "asmg-gru-multi",
@@ -66,4 +68,6 @@ def make_updater(
         return IncCtr(learner, baselines.incctr_lambda)
     if method == "spmf":
         return Spmf(learner, baselines, seed, pretrain)
+    if method == "sml":
+        return Sml(learner, baselines.sml, seed)
     return Asmg(learner, meta_config(method, meta_overrides), seed)

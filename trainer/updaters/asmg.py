@@ -103,7 +103,6 @@ class Asmg(Updater):
         self.periods: list[Examples] = []  # periods[i] is the data models[i] was trained on
         self.hidden: dict[str, Tensor] | None = None  # initial state of the next window
         self.meta_periods = 0
-        self.last_meta_seconds = 0.0
 
     @property
     def carries_state(self) -> bool:

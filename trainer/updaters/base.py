@@ -19,6 +19,7 @@ from trainer.model import Params
 class Updater(ABC):
     def __init__(self, learner: BaseLearner) -> None:
         self.learner = learner
+        self.last_meta_seconds = 0.0  # time the last update spent on a meta model (ASMG, SML)
 
     @abstractmethod
     def update(self, period: Examples) -> Params:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -12,6 +12,7 @@ from trainer.features import Examples, concat_examples
 from trainer.learner import BaseLearner, seeded_generator
 from trainer.model import Params, predict
 from trainer.updaters.base import Updater
+from trainer.updaters.sml import SmlConfig
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,7 @@ class BaselineConfig:
     incctr_lambda: float = 0.1  # weight of the distillation loss (the authors: 0.1–0.2)
     spmf_fraction: float = 0.1  # reservoir size, as a fraction of the pre-training rows
     spmf_ratio: float = 0.5  # reservoir samples mixed in per positive of the new period
+    sml: SmlConfig = field(default_factory=SmlConfig)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.incctr_lambda <= 1.0:
