@@ -46,7 +46,7 @@ class ServedModel:
         ex = examples_from_refs(
             [user_row(user_id, config)] * len(refs), refs, [past] * len(refs), [0.0] * len(refs), config
         )
-        scores: list[float] = torch.sigmoid(logits(self.params, ex, len(config.hidden) + 1)).tolist()
+        scores: list[float] = torch.sigmoid(logits(self.params, ex, config.n_layers)).tolist()
         return scores
 
 

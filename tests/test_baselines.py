@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import pytest
 import torch
 
 from tests.test_update_contract import assert_same, periods, run
 from trainer.config import ModelConfig, TrainConfig
 from trainer.features import EncodedLog
 from trainer.learner import BaseLearner
-from trainer.model import predict
+from trainer.model import EmbMLP, logits, predict
 from trainer.updaters import make_updater
 from trainer.updaters.baselines import BaselineConfig, Spmf
 from trainer.updaters.sml import Sml, SmlConfig, stack_inputs
@@ -120,3 +123,23 @@ def test_sml_starts_as_iu_then_learns_a_transfer(
         "sml", learner(small_config, small_train), 3, baselines=BaselineConfig(sml=SmlConfig(residual=False))
     )
     assert not torch.equal(plain.update(data[0])["mlp.0.weight"], iu.learner.params()["mlp.0.weight"])
+
+
+def test_mf_base_model_is_a_dot_product_plus_biases(small_log: EncodedLog, small_config: ModelConfig) -> None:
+    config = replace(small_config, kind="mf")
+    model = EmbMLP(config)
+    assert set(dict(model.named_parameters())) == {"user_emb", "item_emb", "bias"}
+    assert model.user_emb.shape == (config.user_buckets, config.embedding_dim + 1) and config.n_layers == 0
+    with torch.no_grad():
+        model.user_emb.normal_()
+        model.item_emb.normal_()
+        model.bias.fill_(0.3)
+    ex = small_log.examples(0, 5)
+    u, i = model.user_emb[ex.user.long()], model.item_emb[ex.item.long()]
+    expected = (u[:, :-1] * i[:, :-1]).sum(-1) + u[:, -1] + i[:, -1] + 0.3
+    torch.testing.assert_close(logits(model.params(), ex, 0), expected.detach())
+
+
+def test_sml_mf_needs_the_mf_base_model(small_config: ModelConfig, small_train: TrainConfig) -> None:
+    with pytest.raises(ValueError, match="mf base model"):
+        make_updater("sml-mf", learner(small_config, small_train), 3)

@@ -7,6 +7,9 @@ is rebuilt from the file alone.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
+
+ModelKind = Literal["emb-mlp", "mf"]
 
 
 @dataclass(frozen=True)
@@ -19,6 +22,8 @@ class ModelConfig:
     category_buckets: int = 1 << 10
     history_length: int = 30
     hidden: tuple[int, ...] = (20, 10)
+    # "mf": matrix factorisation (SML-MF's base model): user · item + per-id biases, no MLP
+    kind: ModelKind = "emb-mlp"
 
     def __post_init__(self) -> None:
         for name in ("embedding_dim", "user_buckets", "item_buckets", "category_buckets"):
@@ -27,6 +32,11 @@ class ModelConfig:
         if self.history_length < 0:
             raise ValueError("history_length must not be negative")
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+
+    @property
+    def n_layers(self) -> int:
+        """Linear layers of the MLP; 0 for matrix factorisation."""
+        return 0 if self.kind == "mf" else len(self.hidden) + 1
 
     @property
     def mlp_input(self) -> int:

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from trainer.config import ModelConfig
 from trainer.features import Examples
+from trainer.metrics import auc, logloss
 
 Params = dict[str, Tensor]
 
@@ -51,8 +52,17 @@ def _item_vectors(params: Mapping[str, Tensor], items: Tensor, cats: Tensor) -> 
     return torch.cat([item_vec, _category_means(params["cat_emb"], cats)], dim=-1)
 
 
+def mf_logits(params: Mapping[str, Tensor], ex: Examples) -> Tensor:
+    """Matrix factorisation: the last column of each table is the id's bias."""
+    user = F.embedding(ex.user, params["user_emb"])
+    item = F.embedding(ex.item, params["item_emb"])
+    return (user[:, :-1] * item[:, :-1]).sum(-1) + user[:, -1] + item[:, -1] + params["bias"]
+
+
 def logits(params: Mapping[str, Tensor], ex: Examples, n_layers: int) -> Tensor:
-    """Pre-sigmoid scores for ``ex`` under ``params``."""
+    """Pre-sigmoid scores for ``ex`` under ``params`` (``n_layers`` 0: matrix factorisation)."""
+    if n_layers == 0:
+        return mf_logits(params, ex)
     user_vec = F.embedding(ex.user, params["user_emb"])
     candidate = _item_vectors(params, ex.item, ex.item_cats)
     history = _masked_mean(_item_vectors(params, ex.hist_items, ex.hist_cats), ex.hist_items >= 0)
@@ -69,16 +79,22 @@ class EmbMLP(nn.Module):
         super().__init__()
         self.config = config
         m = config.embedding_dim
-        self.user_emb = nn.Parameter(torch.empty(config.user_buckets, m))
-        self.item_emb = nn.Parameter(torch.empty(config.item_buckets, m))
-        self.cat_emb = nn.Parameter(torch.empty(config.category_buckets, m))
-        sizes = (config.mlp_input, *config.hidden, 1)
-        self.mlp = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(sizes))
+        if config.kind == "mf":
+            # one more column per id: its bias
+            self.user_emb = nn.Parameter(torch.empty(config.user_buckets, m + 1))
+            self.item_emb = nn.Parameter(torch.empty(config.item_buckets, m + 1))
+            self.bias = nn.Parameter(torch.zeros(()))
+        else:
+            self.user_emb = nn.Parameter(torch.empty(config.user_buckets, m))
+            self.item_emb = nn.Parameter(torch.empty(config.item_buckets, m))
+            self.cat_emb = nn.Parameter(torch.empty(config.category_buckets, m))
+            sizes = (config.mlp_input, *config.hidden, 1)
+            self.mlp = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(sizes))
         self.reset_parameters()
 
     @property
     def n_layers(self) -> int:
-        return len(self.mlp)
+        return self.config.n_layers
 
     def reset_parameters(self) -> None:
         for name, p in self.named_parameters():
@@ -86,6 +102,10 @@ class EmbMLP(nn.Module):
                 nn.init.zeros_(p)
             else:
                 nn.init.xavier_uniform_(p)
+        if self.config.kind == "mf":
+            with torch.no_grad():
+                self.user_emb[:, -1].zero_()
+                self.item_emb[:, -1].zero_()
 
     def forward(self, ex: Examples) -> Tensor:
         return logits(dict(self.named_parameters()), ex, self.n_layers)
@@ -108,6 +128,15 @@ def predict(params: Mapping[str, Tensor], ex: Examples, n_layers: int, batch_siz
         for i in range(0, len(ex), batch_size)
     ]
     return torch.cat(out) if out else torch.empty(0)
+
+
+def score(params: Mapping[str, Tensor], ex: Examples, n_layers: int) -> tuple[float, float]:
+    """AUC and LogLoss of ``params`` on ``ex`` (NaN for an empty set or one class)."""
+    if not len(ex):
+        return float("nan"), float("nan")
+    probs = predict(params, ex, n_layers).numpy()
+    labels = ex.label.numpy()
+    return auc(labels, probs), logloss(labels, probs)
 
 
 def checkpoint_bytes(config: ModelConfig, params: Mapping[str, Tensor], meta: Mapping[str, Any]) -> bytes:

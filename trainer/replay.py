@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from trainer.config import ModelConfig, TrainConfig
+from trainer.config import ModelConfig, ModelKind, TrainConfig
 from trainer.events import DataError
 from trainer.features import EncodedLog, Examples
 from trainer.learner import BaseLearner
-from trainer.metrics import auc, logloss
-from trainer.model import Params, predict
+from trainer.model import score
 from trainer.periods import equal_count_bounds
-from trainer.updaters import Updater, make_updater
+from trainer.updaters import Updater, base_model_kind, make_updater
 from trainer.updaters.baselines import BaselineConfig
 
 Split = Literal["train", "valid", "test"]
@@ -73,12 +72,6 @@ def period_bounds(n_rows: int, periods: int) -> list[tuple[int, int]]:
     return equal_count_bounds(n_rows, periods)
 
 
-def score(params: Params, ex: Examples, n_layers: int) -> tuple[float, float]:
-    probs = predict(params, ex, n_layers).numpy()
-    labels = ex.label.numpy()
-    return auc(labels, probs), logloss(labels, probs)
-
-
 class Replay:
     """One data set cut into periods, with the pre-trained model per seed cached."""
 
@@ -98,20 +91,25 @@ class Replay:
         self.log = log
         first = self.protocol.pretrain_periods
         self.periods = {t: log.examples(*self.bounds[t - 1]) for t in range(first + 1, self.protocol.periods + 1)}
-        self._pretrained: dict[int, BaseLearner] = {}
+        self._pretrained: dict[tuple[int, str], BaseLearner] = {}
 
     def pretrain_examples(self) -> Examples:
         """The rows Θ_0 is trained on (periods 1 to ``pretrain_periods``)."""
         return self.log.examples(0, self.bounds[self.protocol.pretrain_periods - 1][1])
 
-    def pretrained(self, seed: int, train_config: TrainConfig | None = None) -> BaseLearner:
+    def pretrained(
+        self, seed: int, train_config: TrainConfig | None = None, kind: ModelKind | None = None
+    ) -> BaseLearner:
         """A copy of Θ_0 for ``seed``, set up to update with ``train_config``
-        (default: the replay's), its Adam moments carried over."""
-        if seed not in self._pretrained:
-            learner = BaseLearner(self.model_config, self.pretrain_config, seed)
+        (default: the replay's), its Adam moments carried over. ``kind`` picks
+        another base model ("mf" for SML-MF)."""
+        config = replace(self.model_config, kind=kind) if kind else self.model_config
+        key = (seed, config.kind)
+        if key not in self._pretrained:
+            learner = BaseLearner(config, self.pretrain_config, seed)
             learner.fit(self.pretrain_examples(), epochs=self.protocol.pretrain_epochs)
-            self._pretrained[seed] = learner
-        learner = self._pretrained[seed].clone()
+            self._pretrained[key] = learner
+        learner = self._pretrained[key].clone()
         learner.train_config = train_config or self.train_config
         for group in learner.optimizer.param_groups:
             group["lr"] = learner.train_config.lr
@@ -127,7 +125,7 @@ class Replay:
         baselines: BaselineConfig | None = None,
     ) -> list[PeriodResult]:
         pretrain = self.pretrain_examples() if method == "spmf" else None
-        learner = self.pretrained(seed, train_config)
+        learner = self.pretrained(seed, train_config, base_model_kind(method))
         updater = make_updater(method, learner, seed, meta_overrides, baselines, pretrain)
         return list(self.iterate(method, seed, updater, on_period))
 

@@ -13,7 +13,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from trainer.config import ModelConfig, TrainConfig
-from trainer.updaters import METHODS
+from trainer.updaters import METHODS, base_model_kind
 from trainer.updaters.baselines import BaselineConfig
 
 
@@ -123,6 +123,7 @@ class Settings(BaseSettings):
             category_buckets=self.category_buckets,
             history_length=self.history_length,
             hidden=self.hidden,
+            kind=base_model_kind(self.method),
         )
 
     def baselines(self) -> BaselineConfig:

@@ -28,8 +28,7 @@ from trainer.config import ModelConfig
 from trainer.features import Examples, ItemRef, encode_stream
 from trainer.history import HistoryBuilder
 from trainer.learner import BaseLearner
-from trainer.metrics import auc, logloss
-from trainer.model import Params, checkpoint_bytes, load_checkpoint, predict
+from trainer.model import Params, checkpoint_bytes, load_checkpoint, score
 from trainer.settings import Settings
 from trainer.store.base import EmptyPeriod, NewVersion, Store, StoreError, VersionInfo
 from trainer.updaters import Updater, make_updater
@@ -100,13 +99,6 @@ def ensure_initial_model(store: Store, settings: Settings) -> None:
         version = new_version(settings.model(), initial_params(settings), 0, "initial", note="initial model")
         if store.publish_initial(version):
             log.info("published the initial model as version 1")
-
-
-def score(params: Params, ex: Examples, n_layers: int) -> tuple[float, float]:
-    if not len(ex):
-        return float("nan"), float("nan")
-    probs = predict(params, ex, n_layers).numpy()
-    return auc(ex.label.numpy(), probs), logloss(ex.label.numpy(), probs)
 
 
 @dataclass
@@ -224,7 +216,7 @@ class PeriodTrainer:
         phase("read")
 
         # progressive validation: the model replicas served during this period, on its data
-        n_layers = len(self.config.hidden) + 1
+        n_layers = self.config.n_layers
         served = self.store.pointer().version
         metrics: dict[str, float] = {"events": float(len(events)), "served_version": float(served or 0)}
         if served is not None:

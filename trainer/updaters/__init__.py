@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from trainer.config import ModelKind
 from trainer.features import Examples
 from trainer.learner import BaseLearner
 from trainer.updaters.asmg import Asmg, MetaConfig
@@ -26,6 +27,7 @@ METHODS: tuple[str, ...] = (
     "spmf",
     "incctr",
     "sml",
+    "sml-mf",
     "asmg-linear",
     "asmg-gru-single",
     "asmg-gru-multi",
@@ -48,6 +50,11 @@ def meta_config(method: str, overrides: dict[str, Any] | None = None) -> MetaCon
     return replace(base, generator="gru", strategy=strategy)  # type: ignore[arg-type]
 
 
+def base_model_kind(method: str) -> ModelKind:
+    """The base model a method updates: SML-MF's is matrix factorisation."""
+    return "mf" if method == "sml-mf" else "emb-mlp"
+
+
 def make_updater(
     method: str,
     learner: BaseLearner,
@@ -68,6 +75,8 @@ def make_updater(
         return IncCtr(learner, baselines.incctr_lambda)
     if method == "spmf":
         return Spmf(learner, baselines, seed, pretrain)
-    if method == "sml":
+    if method in ("sml", "sml-mf"):
+        if learner.config.kind != base_model_kind(method):
+            raise ValueError(f"{method} needs a {base_model_kind(method)} base model, not {learner.config.kind}")
         return Sml(learner, baselines.sml, seed)
     return Asmg(learner, meta_config(method, meta_overrides), seed)
