@@ -62,7 +62,10 @@ def add_replay_parser(sub: argparse._SubParsersAction) -> None:
     add_source_arguments(p)
     p.add_argument("--methods", type=_methods, default=_methods("iu,asmg-gru-multi"), help="comma list")
     p.add_argument("--seeds", type=_positive_int, default=1, help="number of seeds (0..N-1)")
-    p.add_argument("--out", type=Path, default=Path("results/replay"), help="output directory")
+    p.add_argument(
+        "--out", type=Path, default=Path("results/replay"), help="output directory; finished runs there are not redone"
+    )
+    p.add_argument("--jobs", type=_positive_int, default=1, help="processes running seeds in parallel (1 thread each)")
     p.add_argument(
         "--threads",
         type=_positive_int,
@@ -132,23 +135,27 @@ def meta_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in pairs.items() if v is not None}
 
 
-def load_events(args: argparse.Namespace) -> tuple[str, EventTable]:
-    from trainer import datasets
-    from trainer.synthetic import synthetic_events
-
+def source_of(args: argparse.Namespace) -> tuple[str, str]:
+    """``(source, name)`` as :class:`trainer.table.TableSpec` takes them."""
     if args.synthetic:
-        return "synthetic", synthetic_events()
+        return "synthetic", "synthetic"
     if args.data is not None:
-        return str(args.data), datasets.load_directory(args.data)
-    return args.dataset, datasets.load_dataset(args.dataset)
+        return "data", str(args.data)
+    return "dataset", args.dataset
+
+
+def load_events(args: argparse.Namespace) -> tuple[str, EventTable]:
+    from trainer.table import load_source
+
+    source, name = source_of(args)
+    return name, load_source(source, name)
 
 
 def run_replay(args: argparse.Namespace) -> int:
     import torch
-    from tqdm import tqdm
 
-    from trainer.features import encode_log
-    from trainer.replay import Protocol, Replay
+    from trainer.replay import Protocol
+    from trainer.table import TableSpec, run_table
     from trainer.updaters import meta_config
 
     if args.threads:
@@ -161,17 +168,21 @@ def run_replay(args: argparse.Namespace) -> int:
     model_config = ModelConfig(embedding_dim=args.embedding_dim, user_buckets=args.buckets, item_buckets=args.buckets)
     train_config = TrainConfig(lr=args.lr, batch_size=args.batch_size, epochs=args.epochs)
     protocol = Protocol(pretrain_epochs=args.pretrain_epochs)
-    name, table = load_events(args)
+    source, name = source_of(args)
+    spec = TableSpec(
+        source,
+        name,
+        tuple(args.methods),
+        args.seeds,
+        model_config,
+        train_config,
+        protocol,
+        overrides,
+        baselines,
+        args.threads or (1 if args.jobs > 1 else None),
+    )
     started = time.perf_counter()
-    replay = Replay(encode_log(table, model_config), model_config, train_config, protocol)
-    log.info("encoded %s: %d events in %.1f s", name, len(table), time.perf_counter() - started)
-    runs = [(m, s) for s in range(args.seeds) for m in args.methods]
-    results = []
-    updates = protocol.periods - protocol.pretrain_periods - 1
-    with tqdm(total=len(runs) * updates, unit="period", file=sys.stderr) as bar:
-        for method, seed in runs:
-            bar.set_description(f"{method} seed {seed}")
-            results += replay.run(method, seed, overrides, on_period=lambda _: bar.update(), baselines=baselines)
+    results = run_table(spec, args.out, args.jobs)
     write_outputs(results, args.out, name)
     settings = {
         "data": name,
