@@ -5,6 +5,7 @@ prints its mean validation AUC and the paired per-seed difference against the
 grid's first entry. Test periods are neither printed nor stored.
 
     python benchmarks/tune.py --dataset ml-1m --seeds 3 --grid base
+    python benchmarks/tune.py --dataset ml-100k --seeds 3 --grid baselines --base '{"batch_size": 128}'
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from trainer.config import ModelConfig, TrainConfig
 from trainer.datasets import load_dataset
 from trainer.features import encode_log
 from trainer.replay import Replay
+from trainer.updaters.baselines import BaselineConfig
+from trainer.updaters.sml import SmlConfig
 
 # each entry: (label, method, base-model settings, meta settings)
 Grid = list[tuple[str, str, dict[str, Any], dict[str, Any]]]
@@ -56,7 +59,30 @@ def grids(base: dict[str, Any]) -> dict[str, Grid]:
             ("multi residual 1e-3 e2", "asmg-gru-multi", base, {"lr": 1e-3, "epochs": 2}),
             ("multi residual 1e-3 b512", "asmg-gru-multi", base, {"lr": 1e-3, "batch_size": 512}),
         ],
+        # the baselines' own settings ride in the fourth field, under "baselines"
+        "baselines": [
+            ("iu", "iu", base, {}),
+            *[
+                (f"incctr lambda {x}", "incctr", base, {"baselines": {"incctr_lambda": x}})
+                for x in (0.1, 0.2, 0.3, 0.5)
+            ],
+            *[(f"spmf ratio {x}", "spmf", base, {"baselines": {"spmf_ratio": x}}) for x in (0.25, 0.5, 1.0)],
+            *[(f"spmf fraction {x}", "spmf", base, {"baselines": {"spmf_fraction": x}}) for x in (0.05, 0.2)],
+            *[(f"sml lr {x}", "sml", base, {"baselines": {"sml": {"lr": x}}}) for x in (1e-3, 1e-2, 1e-4)],
+            (
+                "sml hidden 16 filters 4,4",
+                "sml",
+                base,
+                {"baselines": {"sml": {"hidden": 16, "filters1": 4, "filters2": 4}}},
+            ),
+            ("sml paper (plain read-out)", "sml", base, {"baselines": {"sml": {"residual": False}}}),
+        ],
     }
+
+
+def baseline_config(settings: dict[str, Any]) -> BaselineConfig:
+    sml = SmlConfig(**settings.get("sml", {}))
+    return BaselineConfig(**{**{k: v for k, v in settings.items() if k != "sml"}, "sml": sml})
 
 
 def main() -> int:
@@ -85,8 +111,10 @@ def main() -> int:
         replay = replays[train]
         started = time.perf_counter()
         per_seed = []
+        meta_settings = {k: v for k, v in meta.items() if k != "baselines"}
+        baselines = baseline_config(meta.get("baselines", {}))
         for seed in range(args.seeds):
-            results = replay.run(method, seed, meta)
+            results = replay.run(method, seed, meta_settings, baselines=baselines)
             per_seed.append(float(np.mean([r.auc for r in results if r.split == "valid"])))
         rows.append(
             {
