@@ -130,7 +130,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         items = [
             (
                 check_id(c.item_id, ["items", i, "item_id"], s.max_id_length),
-                list(check_categories(c.categories, ["items", i, "categories"], s)),
+                check_categories(c.categories, ["items", i, "categories"], s),
             )
             for i, c in enumerate(body.items)
         ]

@@ -19,7 +19,7 @@ from trainer.config import ModelConfig
 from trainer.features import examples_from_refs, item_ref, user_row
 from trainer.model import Params, logits
 from trainer.store.base import Click, Store, VersionInfo
-from trainer.worker import ModelLoadError, load_version
+from trainer.worker import ModelLoadError, verified_params
 
 log = logging.getLogger("asmg.serving")
 
@@ -39,7 +39,7 @@ class ServedModel:
         return self.info.trained_through + 1
 
     @torch.inference_mode()
-    def score(self, user_id: str, items: list[tuple[str, list[str]]], history: list[Click]) -> list[float]:
+    def score(self, user_id: str, items: list[tuple[str, tuple[str, ...]]], history: list[Click]) -> list[float]:
         config = self.config
         refs = [item_ref(item, cats, config) for item, cats in items]
         past = [item_ref(c.item_id, c.categories, config) for c in history]
@@ -97,7 +97,7 @@ class SwapWatcher:
         if info is None or info.sha256 in self.failed:
             return False
         try:
-            info, params = load_version(self.store, wanted, self.config)
+            params = verified_params(info, self.store.weights(wanted), self.config)
         except ModelLoadError as exc:
             self.failed.add(info.sha256)
             log.error("not serving version %d: %s", wanted, exc)

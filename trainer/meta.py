@@ -30,7 +30,8 @@ def as_rows(name: str, value: Tensor) -> Tensor:
     return value if name in EMBEDDING_TABLES else value.reshape(1, -1)
 
 
-def _key(name: str) -> str:
+def module_key(name: str) -> str:
+    """A parameter name as a ModuleDict / ParameterDict key (no dots)."""
     return name.replace(".", "__")
 
 
@@ -68,7 +69,7 @@ class CoordinateGRU(nn.Module):
         self.out_w = nn.ParameterDict()  # [c, d]
         self.out_b = nn.ParameterDict()  # [c]
         for name, c in self.cols.items():
-            k = _key(name)
+            k = module_key(name)
             self.hidden_rz[k] = _uniform((c, d, 2 * d), gate_bound)
             self.hidden_h[k] = _uniform((c, d, d), gate_bound)
             self.input_w[k] = _uniform((c, 3 * d), gate_bound)
@@ -86,7 +87,7 @@ class CoordinateGRU(nn.Module):
 
     def step(self, name: str, x: Tensor, h: Tensor) -> Tensor:
         """One GRU step for every coordinate: ``x [R, c]``, ``h [R, c, d]``."""
-        k, d = _key(name), self.hidden
+        k, d = module_key(name), self.hidden
         gates_in = x.unsqueeze(-1) * self.input_w[k]  # [R, c, 3d]
         if k in self.gate_b:
             gates_in = gates_in + self.gate_b[k]
@@ -99,7 +100,7 @@ class CoordinateGRU(nn.Module):
         return (1 - z) * h + z * candidate
 
     def read(self, name: str, h: Tensor, last: Tensor, scale: float = 1.0) -> Tensor:
-        k = _key(name)
+        k = module_key(name)
         out = scale * ((h * self.out_w[k]).sum(-1) + self.out_b[k])
         return last + out if self.readout == "residual" else out
 
@@ -126,8 +127,10 @@ class LinearCombiner(nn.Module):
 
     def __init__(self, shapes: Mapping[str, tuple[int, ...]], window: int) -> None:
         super().__init__()
-        self.alpha = nn.ParameterDict({_key(n): nn.Parameter(torch.full((window,), 1.0 / window)) for n in shapes})
+        self.alpha = nn.ParameterDict(
+            {module_key(n): nn.Parameter(torch.full((window,), 1.0 / window)) for n in shapes}
+        )
 
     def combine(self, name: str, inputs: Sequence[Tensor]) -> Tensor:
-        alpha = self.alpha[_key(name)]
+        alpha = self.alpha[module_key(name)]
         return sum((a * x for a, x in zip(alpha, inputs, strict=True)), torch.zeros_like(inputs[0]))

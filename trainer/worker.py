@@ -135,8 +135,8 @@ class PeriodTrainer:
             learner.model.load_params(load_version(self.store, first[0].version, self.config)[1])
         else:
             learner.model.load_params(initial_params(self.settings))
-        overrides = {"window": self.settings.window, "hidden": self.settings.meta_hidden, "lr": self.settings.meta_lr}
-        overrides["warmup"] = self.settings.warmup
+        s = self.settings
+        overrides = {"window": s.window, "hidden": s.meta_hidden, "lr": s.meta_lr, "warmup": s.warmup}
         return make_updater(self.settings.method, learner, self.settings.seed, overrides, self.settings.baselines())
 
     def _load(self) -> None:

@@ -97,25 +97,22 @@ class Spmf(Updater):
         """Algorithm R: row i of the stream replaces a random slot with probability capacity / i."""
         if not len(rows) or not self.capacity:
             return
-        kept = list(range(len(self.reservoir))) if self.reservoir is not None else []
-        parts = [self.reservoir] if self.reservoir is not None else []
-        fill = min(self.capacity - len(kept), len(rows))
+        kept = len(self.reservoir) if self.reservoir is not None else 0
+        fill = min(self.capacity - kept, len(rows))
         slots: dict[int, int] = {}  # reservoir slot → index in rows
         for i in range(len(rows)):
             self.seen += 1
             if i < fill:
-                slots[len(kept) + i] = i
+                slots[kept + i] = i
                 continue
             j = int(torch.randint(self.seen, (1,), generator=self.rng))
             if j < self.capacity:
                 slots[j] = i
-        size = len(kept) + fill
-        source = torch.arange(size)  # which row of [reservoir, rows] each slot holds
-        offset = len(kept)
+        source = torch.arange(kept + fill)  # which row of [reservoir, rows] each slot holds
         for slot, i in slots.items():
-            source[slot] = offset + i
-        parts.append(rows)
-        self.reservoir = concat_examples(parts).select(source) if len(parts) > 1 else rows.select(source)
+            source[slot] = kept + i
+        pool = concat_examples([self.reservoir, rows]) if self.reservoir is not None else rows
+        self.reservoir = pool.select(source)
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from trainer.features import Examples
 from trainer.learner import BaseLearner, seeded_generator
+from trainer.meta import module_key
 from trainer.model import EMBEDDING_TABLES, Params, logits
 from trainer.updaters.asmg import compact_batches
 from trainer.updaters.base import Updater
@@ -52,7 +53,7 @@ class SmlConfig:
             raise ValueError("SML lr must be positive")
 
 
-def as_matrix(name: str, value: Tensor) -> Tensor:
+def as_matrix(value: Tensor) -> Tensor:
     """A parameter as ``[rows, width]``: tables and weight matrices keep their rows, a bias is one row."""
     return value if value.dim() == 2 else value.reshape(1, -1)
 
@@ -90,7 +91,10 @@ class Sml(Updater):
         with torch.random.fork_rng():
             torch.manual_seed(seed + 5)
             self.transfer = nn.ModuleDict(
-                {n.replace(".", "__"): Transfer(as_matrix(n, p).shape[1], config) for n, p in learner.params().items()}
+                {
+                    module_key(n): Transfer(shape[1] if len(shape) == 2 else math.prod(shape), config)
+                    for n, shape in self.shapes.items()
+                }
             )
         self.optimizer = torch.optim.Adam(self.transfer.parameters(), lr=config.lr)
         self.rng = seeded_generator(seed + 6)
@@ -98,7 +102,7 @@ class Sml(Updater):
         self.served: Params | None = None  # W_t = f(W_{t-1}, Ŵ_t)
 
     def _module(self, name: str) -> Transfer:
-        module = self.transfer[name.replace(".", "__")]
+        module = self.transfer[module_key(name)]
         assert isinstance(module, Transfer)
         return module
 
@@ -109,7 +113,7 @@ class Sml(Updater):
             if rows is not None and name in EMBEDDING_TABLES:
                 out[name] = self._module(name)(previous[name][rows[name]], new[name][rows[name]])
             else:
-                combined = self._module(name)(as_matrix(name, previous[name]), as_matrix(name, new[name]))
+                combined = self._module(name)(as_matrix(previous[name]), as_matrix(new[name]))
                 out[name] = combined.reshape(shape)
         return out
 
