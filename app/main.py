@@ -39,7 +39,7 @@ from app.serving import ModelHolder, ServedModel, SwapWatcher
 from trainer.schedule import start_rollover_schedule
 from trainer.settings import Settings
 from trainer.store import open_store
-from trainer.store.base import Interaction, Store
+from trainer.store.base import Click, Interaction, Store
 from trainer.worker import PeriodTrainer, ensure_initial_model, run_trainer
 
 log = logging.getLogger("asmg.api")
@@ -120,7 +120,8 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     def predict(body: PredictRequest, request: Request) -> PredictResponse:
         """Click probabilities of the candidates for this user, from the serving model.
 
-        The user's history is the service's own record of their latest clicks.
+        The user's history is the client's ``history`` if given, else the
+        service's own record of their latest clicks.
         """
         rt = runtime(request)
         s = rt.settings
@@ -134,10 +135,19 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
             )
             for i, c in enumerate(body.items)
         ]
+        supplied = None
+        if body.history is not None:
+            if len(body.history) > s.max_history:
+                raise invalid(["history"], f"at most {s.max_history} history items per request", "too_long")
+            supplied = [Click(check_id(h, ["history", i], s.max_id_length), ()) for i, h in enumerate(body.history)]
         model: ServedModel | None = rt.holder.current  # read once: one version per response
         if model is None:
             raise HTTPException(503, "no model is loaded yet")
-        history = rt.store.recent_clicks(user, model.config.history_length) if model.config.history_length else []
+        length = model.config.history_length
+        if supplied is not None:
+            history = supplied[-length:] if length else []
+        else:
+            history = rt.store.recent_clicks(user, length) if length else []
         scores = model.score(user, items, history)
         rt.metrics.items_scored.inc(len(scores))
         return PredictResponse(scores=scores, model_version=model.version, period=model.period)

@@ -30,6 +30,13 @@ class Candidate(Strict):
 class PredictRequest(Strict):
     user_id: Id
     items: list[Candidate] = Field(min_length=1, description="Candidates to score; at most ASMG_MAX_ITEMS.")
+    history: list[Id] | None = Field(
+        None,
+        description="The user's latest clicked item ids, oldest first, for callers that keep their own "
+        "feature store; at most ASMG_MAX_HISTORY, of which the model uses the newest ASMG_HISTORY_LENGTH. "
+        "Their categories are not known, so they count as uncategorised. Absent: the service's own record "
+        "of the user's clicks.",
+    )
 
 
 class PredictResponse(BaseModel):

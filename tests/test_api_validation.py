@@ -15,7 +15,12 @@ from tests.service import AUTH, small_settings
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     settings = small_settings(
-        tmp_path_factory.mktemp("api") / "state", max_items=5, max_events=4, max_id_length=16, max_categories=3
+        tmp_path_factory.mktemp("api") / "state",
+        max_items=5,
+        max_history=7,
+        max_events=4,
+        max_id_length=16,
+        max_categories=3,
     )
     with running_server(settings) as url, httpx.Client(base_url=url, timeout=30) as c:
         yield c
@@ -50,6 +55,11 @@ EVENT = {"user_id": "u1", "item_id": "i1", "label": 1}
         ),
         ({"user_id": "u1", "items": [{"item_id": 1, "categories": ["z" * 17]}]}, ("body", "items", 0, "categories", 0)),
         ({"user_id": "u1", "items": [ITEM], "extra": 1}, ("body", "extra")),
+        ({"user_id": "u1", "items": [ITEM], "history": "i1"}, ("body", "history")),
+        ({"user_id": "u1", "items": [ITEM], "history": ["i1"] * 8}, ("body", "history")),
+        ({"user_id": "u1", "items": [ITEM], "history": ["i1", None]}, ("body", "history", 1, "str")),
+        ({"user_id": "u1", "items": [ITEM], "history": ["i1", "h" * 17]}, ("body", "history", 1)),
+        ({"user_id": "u1", "items": [ITEM], "history": [1, ""]}, ("body", "history", 1)),
     ],
 )
 def test_predict_rejects_bad_bodies(client: httpx.Client, body: dict[str, Any], loc: tuple[Any, ...]) -> None:

@@ -87,6 +87,26 @@ def test_history_comes_from_logged_clicks(settings: Settings) -> None:
     assert unknown.status_code == 200
 
 
+def test_a_client_supplied_history_replaces_the_logged_one(settings: Settings) -> None:
+    with running_server(settings) as url, httpx.Client(base_url=url, timeout=30) as client:
+        probe = {"user_id": "fan", "items": [{"item_id": "x", "categories": ["c1"]}, {"item_id": "y"}]}
+        clicked = [f"i{k}" for k in range(3)]
+        post_period(client, [{"user_id": "fan", "item_id": i, "label": 1} for i in clicked])
+        logged = client.post("/v1/predict", json=probe).json()["scores"]
+        supplied = client.post("/v1/predict", json={**probe, "history": clicked}).json()["scores"]
+        as_ints = client.post("/v1/predict", json={**probe, "history": [0, 1, 2], "user_id": "fan"}).json()
+        # only the newest history_length (5) ids count: older ones change nothing
+        longer = client.post("/v1/predict", json={**probe, "history": ["old"] * 4 + ["a", "b", *clicked]}).json()
+        newest = client.post("/v1/predict", json={**probe, "history": ["a", "b", *clicked]}).json()
+        empty = client.post("/v1/predict", json={**probe, "history": []}).json()["scores"]
+        stranger = client.post("/v1/predict", json={"user_id": "stranger", "items": probe["items"]}).json()
+    assert supplied == logged  # the logged clicks had no categories either
+    assert as_ints["scores"] != logged
+    assert longer["scores"] == newest["scores"] != logged
+    assert empty != logged
+    assert empty != stranger["scores"]  # an empty history is still this user's row
+
+
 def test_swaps_under_load_never_fail_a_request(settings: Settings) -> None:
     settings = settings.model_copy(update={"trainer_in_process": False, "method": "iu"})
     periods = traffic(4)

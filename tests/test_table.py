@@ -37,6 +37,11 @@ def test_parallel_processes_give_the_same_table(tmp_path: Path) -> None:
     data = write_ratings(tmp_path, 31 * 40)
     assert replay(data, tmp_path / "one", "iu,asmg-gru-multi") == 0
     assert replay(data, tmp_path / "two", "iu,asmg-gru-multi", "--jobs", "2") == 0
+    # runs are shared out one by one, so one process loads the Θ_0 the other pre-trained and saved
+    assert sorted(p.name for p in (tmp_path / "two" / "pretrained").glob("*.pt")) == [
+        "seed0-emb-mlp.pt",
+        "seed1-emb-mlp.pt",
+    ]
     one = read_periods_csv(tmp_path / "one" / "periods.csv")
     two = read_periods_csv(tmp_path / "two" / "periods.csv")
     assert [(r.method, r.seed, r.period, r.auc, r.logloss) for r in one] == [

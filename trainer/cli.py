@@ -199,9 +199,19 @@ def run_replay(args: argparse.Namespace) -> int:
     return 0
 
 
-def write_outputs(results: list[PeriodResult], out: Path, name: str, markdown: bool = False) -> None:
-    """Summaries, per-period CSV and plot into ``out``; the table to stdout."""
-    from trainer.report import format_markdown, format_table, plot_auc, summarise, write_periods_csv, write_summary
+def write_outputs(
+    results: list[PeriodResult], out: Path, name: str, markdown: bool = False, paper: bool = False
+) -> None:
+    """Summaries, per-period CSV and plot into ``out``; the tables to stdout."""
+    from trainer.report import (
+        format_markdown,
+        format_table,
+        meta_seconds_at_last_period,
+        plot_auc,
+        summarise,
+        write_periods_csv,
+        write_summary,
+    )
 
     out.mkdir(parents=True, exist_ok=True)
     summary = summarise(results, "test")
@@ -212,7 +222,13 @@ def write_outputs(results: list[PeriodResult], out: Path, name: str, markdown: b
     seeds = len({r.seed for r in results})
     tests = len({r.period for r in results if r.split == "test"})
     print(f"{name}: mean over the {tests} test periods, {seeds} seed(s)")
-    print(format_markdown(summary) if markdown else format_table(summary))
+    print(format_markdown(summary, paper) if markdown else format_table(summary))
+    meta = meta_seconds_at_last_period(results)
+    if meta:
+        print("meta-generator training seconds at the last period (mean over seeds):")
+        print("  " + ", ".join(f"{method} {seconds:.2f}" for method, seconds in meta.items()))
+        if "asmg-gru-full" in meta and "asmg-gru-multi" in meta:
+            print(f"  full / multi: {meta['asmg-gru-full'] / meta['asmg-gru-multi']:.2f}x")
     print(f"wrote {out}/summary.json, summary_valid.json, periods.csv, auc.png")
 
 
@@ -229,7 +245,7 @@ def run_report(args: argparse.Namespace) -> int:
             if (r.method, r.seed, r.period) not in seen:  # the first directory wins
                 seen.add((r.method, r.seed, r.period))
                 results.append(r)
-    write_outputs(results, args.out, args.title, args.markdown)
+    write_outputs(results, args.out, args.title, args.markdown, args.paper)
     return 0
 
 
@@ -246,6 +262,7 @@ def add_report_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--title", default="merged replay")
     p.add_argument("--markdown", action="store_true", help="print the table as markdown")
+    p.add_argument("--paper", action="store_true", help="add the paper's MovieLens-25M numbers (with --markdown)")
     p.set_defaults(handler=run_report)
 
 

@@ -8,10 +8,15 @@ following period before anything trains on it. The 20 scored periods split
 
 from __future__ import annotations
 
+import fcntl
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, Literal
+
+import torch
 
 from trainer.config import ModelConfig, ModelKind, TrainConfig
 from trainer.events import DataError
@@ -73,7 +78,13 @@ def period_bounds(n_rows: int, periods: int) -> list[tuple[int, int]]:
 
 
 class Replay:
-    """One data set cut into periods, with the pre-trained model per seed cached."""
+    """One data set cut into periods, with the pre-trained model per seed cached.
+
+    ``pretrained_dir`` also keeps each Θ_0 on disk, so processes sharing a
+    table pre-train each one once between them (the first takes a file lock
+    and trains, the others wait and load it); the directory belongs to one
+    set of settings, as a table's does.
+    """
 
     def __init__(
         self,
@@ -82,8 +93,10 @@ class Replay:
         train_config: TrainConfig,
         protocol: Protocol | None = None,
         pretrain_config: TrainConfig | None = None,
+        pretrained_dir: Path | None = None,
     ) -> None:
         self.protocol = protocol or Protocol()
+        self.pretrained_dir = pretrained_dir
         self.model_config = model_config
         self.train_config = train_config
         self.pretrain_config = pretrain_config or train_config
@@ -106,13 +119,29 @@ class Replay:
         config = replace(self.model_config, kind=kind) if kind else self.model_config
         key = (seed, config.kind)
         if key not in self._pretrained:
-            learner = BaseLearner(config, self.pretrain_config, seed)
-            learner.fit(self.pretrain_examples(), epochs=self.protocol.pretrain_epochs)
-            self._pretrained[key] = learner
+            self._pretrained[key] = self._pretrain(config, seed)
         learner = self._pretrained[key].clone()
         learner.train_config = train_config or self.train_config
         for group in learner.optimizer.param_groups:
             group["lr"] = learner.train_config.lr
+        return learner
+
+    def _pretrain(self, config: ModelConfig, seed: int) -> BaseLearner:
+        learner = BaseLearner(config, self.pretrain_config, seed)
+        if self.pretrained_dir is None:
+            learner.fit(self.pretrain_examples(), epochs=self.protocol.pretrain_epochs)
+            return learner
+        self.pretrained_dir.mkdir(parents=True, exist_ok=True)
+        path = self.pretrained_dir / f"seed{seed}-{config.kind}.pt"
+        with path.with_suffix(".lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if path.exists():
+                learner.load_state_dict(torch.load(path, weights_only=True))
+                return learner
+            learner.fit(self.pretrain_examples(), epochs=self.protocol.pretrain_epochs)
+            partial = path.with_suffix(".partial")
+            torch.save(learner.state_dict(), partial)
+            os.replace(partial, path)
         return learner
 
     def run(

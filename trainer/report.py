@@ -13,6 +13,33 @@ from typing import Any
 import numpy as np
 
 from trainer.replay import PeriodResult, Split
+from trainer.updaters import METHODS
+
+# The paper's Table 1 and 2 on MovieLens-25M (ASMG.md §8): mean AUC and
+# LogLoss over its 7 test periods. A different, 25× larger data set, printed
+# beside ours for the shape of the comparison, not the level.
+PAPER_MOVIELENS: dict[str, tuple[float, float]] = {
+    "iu": (0.7494, 0.5871),
+    "bu-3": (0.7379, 0.5949),
+    "bu-5": (0.7280, 0.6056),
+    "bu-7": (0.7212, 0.6105),
+    "spmf": (0.7511, 0.5857),
+    "incctr": (0.7502, 0.5865),
+    "sml": (0.7522, 0.5843),
+    "sml-mf": (0.7242, 0.6106),
+    "asmg-linear": (0.7524, 0.5840),
+    "asmg-gru-single": (0.7539, 0.5828),
+    "asmg-gru-multi": (0.7564, 0.5806),
+    "asmg-gru-full": (0.7565, 0.5811),
+    "asmg-gru-zero": (0.7550, 0.5818),
+    "asmg-gru-unif": (0.7563, 0.5811),
+}
+
+
+def in_table_order(methods: Iterable[str]) -> list[str]:
+    """The paper's row order; names it does not know go last, alphabetically."""
+    rank = {m: i for i, m in enumerate(METHODS)}
+    return sorted(methods, key=lambda m: (rank.get(m, len(rank)), m))
 
 
 def per_seed_means(results: Iterable[PeriodResult], split: Split) -> dict[str, dict[int, tuple[float, float]]]:
@@ -36,7 +63,8 @@ def summarise(
     table = per_seed_means(results, split)
     base = table.get(baseline)
     summary: dict[str, dict[str, Any]] = {}
-    for method, by_seed in table.items():
+    for method in in_table_order(table):
+        by_seed = table[method]
         aucs = np.array([v[0] for v in by_seed.values()])
         losses = np.array([v[1] for v in by_seed.values()])
         row: dict[str, Any] = {
@@ -73,14 +101,20 @@ def format_table(summary: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def format_markdown(summary: dict[str, dict[str, Any]]) -> str:
-    """Table 1 as markdown; the best AUC and LogLoss are in bold."""
+def format_markdown(summary: dict[str, dict[str, Any]], paper: bool = False) -> str:
+    """Table 1 as markdown; the best AUC, LogLoss and paired difference per
+    column in bold. ``paper`` adds the paper's MovieLens-25M numbers."""
     best_auc = max(row["auc_mean"] for row in summary.values())
     best_loss = min(row["logloss_mean"] for row in summary.values())
-    lines = [
-        "| method | AUC | LogLoss | imp% AUC | paired ΔAUC vs IU (mean ± std) |",
-        "| --- | --- | --- | --- | --- |",
-    ]
+    paired_means = [row["paired_auc_diff_mean"] for row in summary.values() if "paired_auc_diff_mean" in row]
+    best_paired = max(paired_means, default=None)
+    best_paper = max((PAPER_MOVIELENS[m][0] for m in summary if m in PAPER_MOVIELENS), default=None)
+    header = "| method | AUC | LogLoss | imp% AUC | paired ΔAUC vs IU (mean ± std) |"
+    rule = "| --- | --- | --- | --- | --- |"
+    if paper:
+        header += " paper ML-25M AUC / LogLoss |"
+        rule += " --- |"
+    lines = [header, rule]
     for method, row in summary.items():
         auc_text = f"{row['auc_mean']:.4f} ± {row['auc_std']:.4f}"
         loss_text = f"{row['logloss_mean']:.4f} ± {row['logloss_std']:.4f}"
@@ -90,10 +124,32 @@ def format_markdown(summary: dict[str, dict[str, Any]]) -> str:
             loss_text = f"**{loss_text}**"
         imp = f"{row['auc_imp_pct']:+.2f}" if "auc_imp_pct" in row else ""
         paired = ""
-        if "paired_auc_diff_mean" in row:
+        if "paired_auc_diff_mean" in row and method != "iu":
             paired = f"{row['paired_auc_diff_mean']:+.4f} ± {row['paired_auc_diff_std']:.4f}"
-        lines.append(f"| {method} | {auc_text} | {loss_text} | {imp} | {paired} |")
+            if row["paired_auc_diff_mean"] == best_paired:
+                paired = f"**{paired}**"
+        line = f"| {method} | {auc_text} | {loss_text} | {imp} | {paired} |"
+        if paper:
+            reported = PAPER_MOVIELENS.get(method)
+            text = f"{reported[0]:.4f} / {reported[1]:.4f}" if reported else "—"
+            line += f" **{text}** |" if reported and reported[0] == best_paper else f" {text} |"
+        lines.append(line)
     return "\n".join(lines)
+
+
+def meta_seconds_at_last_period(results: Iterable[PeriodResult]) -> dict[str, float]:
+    """method → mean over seeds of the meta-generator's training seconds at
+    the last period it trained on (the paper's Table 3); methods without a
+    meta generator are left out."""
+    last: dict[tuple[str, int], PeriodResult] = {}
+    for r in results:
+        key = (r.method, r.seed)
+        if r.meta_seconds > 0 and (key not in last or r.period > last[key].period):
+            last[key] = r
+    by_method: dict[str, list[float]] = defaultdict(list)
+    for (method, _), r in last.items():
+        by_method[method].append(r.meta_seconds)
+    return {m: float(np.mean(by_method[m])) for m in in_table_order(by_method)}
 
 
 def write_periods_csv(results: Sequence[PeriodResult], path: Path) -> None:
@@ -136,10 +192,23 @@ def plot_auc(results: Sequence[PeriodResult], path: Path, title: str) -> None:
     test_periods = sorted({r.period for r in results if r.split == "test"})
     for r in results:
         by_method[r.method][r.period].append(r.auc)
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for method, periods in by_method.items():
+    fig, ax = plt.subplots(figsize=(9, 5))
+    palette = plt.get_cmap("tab20")
+    for i, method in enumerate(in_table_order(by_method)):
+        periods = by_method[method]
         xs = sorted(periods)
-        ax.plot(xs, [np.mean(periods[p]) for p in xs], marker="o", markersize=3, label=method)
+        # ASMG's lines solid, the baselines' dashed, so 14 lines stay apart.
+        style = "-" if method.startswith("asmg") else "--"
+        ax.plot(
+            xs,
+            [np.mean(periods[p]) for p in xs],
+            style,
+            color=palette(i % 20),
+            marker="o",
+            markersize=3,
+            linewidth=1.2,
+            label=method,
+        )
     if test_periods:
         ax.axvspan(test_periods[0] - 0.5, test_periods[-1] + 0.5, color="0.92", zorder=0, label="test periods")
     ax.set_xlabel("period scored")

@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     )
     admin_token: SecretStr | None = Field(None, description="Bearer token for /admin; required in production.")
     max_items: int = Field(1000, ge=1, description="Most candidate items in one /v1/predict request.")
+    max_history: int = Field(1000, ge=0, description="Most item ids in a client-supplied /v1/predict history.")
     max_events: int = Field(10000, ge=1, description="Most events in one /v1/interactions request.")
     max_id_length: int = Field(256, ge=1, description="Longest user, item or category id accepted.")
     max_categories: int = Field(32, ge=1, description="Most categories on one item.")
@@ -61,7 +62,7 @@ class Settings(BaseSettings):
     spmf_fraction: float = Field(
         0.1, gt=0, le=1, description="SPMF: reservoir size as a fraction of the first period's rows."
     )
-    spmf_ratio: float = Field(0.5, ge=0, description="SPMF: reservoir rows replayed per new positive.")
+    spmf_ratio: float = Field(0.25, ge=0, description="SPMF: reservoir rows replayed per new positive.")
     seed: int = Field(0, description="Seed of the initial model and of training.")
     initial_model: Path | None = Field(None, description="Checkpoint to serve before the first period closes.")
 

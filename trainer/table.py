@@ -2,10 +2,12 @@
 
 Each finished run is written to ``OUT/runs/{method}-seed{seed}.csv`` the
 moment it ends (write, then rename), so an interrupted table resumes where
-it stopped and a run is never done twice. Runs are grouped by seed, so a
-process pre-trains each Θ_0 it needs once; ``jobs`` processes share the
-groups. The settings of a table are fixed in ``OUT/table.json``: resuming
-with other settings is refused rather than mixing results.
+it stopped and a run is never done twice. With ``jobs`` > 1 the runs are
+shared out one at a time among that many processes, so the cores stay busy
+to the end; each Θ_0 is pre-trained once and kept under ``OUT/pretrained``
+for the others (and for a resumed table). The settings of a table are
+fixed in ``OUT/table.json``: resuming with other settings is refused rather
+than mixing results.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 
 from trainer.config import ModelConfig, TrainConfig
 from trainer.events import DataError, EventTable
-from trainer.replay import PeriodResult, Protocol
+from trainer.replay import PeriodResult, Protocol, Replay
 from trainer.report import read_periods_csv, write_periods_csv
 from trainer.updaters.baselines import BaselineConfig
 
@@ -92,27 +94,46 @@ def check_settings(spec: TableSpec, out: Path) -> None:
     path.write_text(json.dumps(spec.settings(), indent=2, sort_keys=True) + "\n")
 
 
-def run_seeds(
-    spec: TableSpec, out: Path, seeds: list[int], on_period: Callable[[PeriodResult], None] | None = None
-) -> None:
-    """Every missing run of ``seeds``, one Θ_0 per seed, each saved as it ends."""
+def open_replay(spec: TableSpec, out: Path) -> Replay:
     import torch
 
     from trainer.features import encode_log
-    from trainer.replay import Replay
 
     if spec.threads:
         torch.set_num_threads(spec.threads)
-    replay = Replay(encode_log(load_source(spec.source, spec.name), spec.model), spec.model, spec.train, spec.protocol)
-    for seed in seeds:
-        for method in spec.methods:
-            path = run_path(out, method, seed)
-            if path.exists():
-                continue
-            results = replay.run(method, seed, spec.meta_overrides, on_period=on_period, baselines=spec.baselines)
-            partial = path.with_suffix(".partial")
-            write_periods_csv(results, partial)
-            os.replace(partial, path)
+    log = encode_log(load_source(spec.source, spec.name), spec.model)
+    return Replay(log, spec.model, spec.train, spec.protocol, pretrained_dir=out / "pretrained")
+
+
+def run_one(
+    replay: Replay,
+    spec: TableSpec,
+    out: Path,
+    method: str,
+    seed: int,
+    on_period: Callable[[PeriodResult], None] | None = None,
+) -> None:
+    """One run, saved whole (written aside, then renamed into place)."""
+    results = replay.run(method, seed, spec.meta_overrides, on_period=on_period, baselines=spec.baselines)
+    path = run_path(out, method, seed)
+    partial = path.with_suffix(".partial")
+    write_periods_csv(results, partial)
+    os.replace(partial, path)
+
+
+# A pool process's own Replay, built once by its initializer: every run it
+# is handed then shares the encoded log and the pre-trained models.
+_process_replay: Replay | None = None
+
+
+def _start_process(spec: TableSpec, out: Path) -> None:
+    global _process_replay
+    _process_replay = open_replay(spec, out)
+
+
+def _run_in_process(spec: TableSpec, out: Path, method: str, seed: int) -> None:
+    assert _process_replay is not None, "the pool's initializer builds the replay"
+    run_one(_process_replay, spec, out, method, seed)
 
 
 def run_table(spec: TableSpec, out: Path, jobs: int = 1) -> list[PeriodResult]:
@@ -121,23 +142,29 @@ def run_table(spec: TableSpec, out: Path, jobs: int = 1) -> list[PeriodResult]:
 
     check_settings(spec, out)
     todo = [(m, s) for s in range(spec.seeds) for m in spec.methods if not run_path(out, m, s).exists()]
-    seeds = sorted({s for _, s in todo})
     updates = spec.protocol.periods - spec.protocol.pretrain_periods - 1
-    if todo and (jobs <= 1 or len(seeds) == 1):
+    if todo and (jobs <= 1 or len(todo) == 1):
+        replay = open_replay(spec, out)
         with tqdm(total=len(todo) * updates, unit="period", file=sys.stderr) as bar:
 
             def advance(result: PeriodResult) -> None:
                 bar.set_description(f"{result.method} seed {result.seed}")
                 bar.update()
 
-            run_seeds(spec, out, seeds, on_period=advance)
+            for method, seed in todo:
+                run_one(replay, spec, out, method, seed, on_period=advance)
     elif todo:
         context = multiprocessing.get_context("spawn")  # a clean torch per process
         with (
-            ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool,
+            ProcessPoolExecutor(
+                max_workers=min(jobs, len(todo)),
+                mp_context=context,
+                initializer=_start_process,
+                initargs=(spec, out),
+            ) as pool,
             tqdm(total=len(todo), unit="run", file=sys.stderr) as bar,
         ):
-            futures = [pool.submit(run_seeds, spec, out, [seed]) for seed in seeds]
+            futures = [pool.submit(_run_in_process, spec, out, m, s) for m, s in todo]
             while True:
                 done, running = wait(futures, timeout=1.0)
                 bar.n = sum(run_path(out, m, s).exists() for m, s in todo)

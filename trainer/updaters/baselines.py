@@ -19,7 +19,7 @@ from trainer.updaters.sml import SmlConfig
 class BaselineConfig:
     incctr_lambda: float = 0.1  # weight of the distillation loss (the authors: 0.1–0.2)
     spmf_fraction: float = 0.1  # reservoir size, as a fraction of the pre-training rows
-    spmf_ratio: float = 0.5  # reservoir samples mixed in per positive of the new period
+    spmf_ratio: float = 0.25  # reservoir samples mixed in per positive of the new period
     sml: SmlConfig = field(default_factory=SmlConfig)
 
     def __post_init__(self) -> None:

@@ -40,7 +40,7 @@ class SmlConfig:
     filters1: int = 3  # n1
     filters2: int = 2  # n2
     hidden: int = 8  # the first dense layer
-    lr: float = 1e-3
+    lr: float = 1e-4
     batch_size: int = 1024
     epochs: int = 1
     residual: bool = True
