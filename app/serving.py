@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import torch
 
 from trainer.config import ModelConfig
-from trainer.features import examples_from_refs, item_ref, user_row
-from trainer.model import Params, logits
+from trainer.features import item_ref, item_rows, user_row
+from trainer.model import Params, request_logits
 from trainer.store.base import Click, Store, VersionInfo
 from trainer.worker import ModelLoadError, verified_params
 
@@ -43,10 +43,11 @@ class ServedModel:
         config = self.config
         refs = [item_ref(item, cats, config) for item, cats in items]
         past = [item_ref(c.item_id, c.categories, config) for c in history]
-        ex = examples_from_refs(
-            [user_row(user_id, config)] * len(refs), refs, [past] * len(refs), [0.0] * len(refs), config
-        )
-        scores: list[float] = torch.sigmoid(logits(self.params, ex, config.n_layers)).tolist()
+        items_row, items_cats = item_rows(refs)
+        hist_row, hist_cats = item_rows(past[-config.history_length :] if config.history_length else [])
+        user = torch.tensor(user_row(user_id, config))
+        out = request_logits(self.params, user, hist_row, hist_cats, items_row, items_cats, config.n_layers)
+        scores: list[float] = torch.sigmoid(out).tolist()
         return scores
 
 

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
+import pytest
 import torch
 
-from trainer.config import ModelConfig
-from trainer.features import EncodedLog, Examples, hash_id, hash_ids
-from trainer.model import EmbMLP, checkpoint_bytes, load_checkpoint, logits
+from trainer.config import ModelConfig, ModelKind
+from trainer.features import EncodedLog, Examples, ItemRef, examples_from_refs, hash_id, hash_ids, item_rows
+from trainer.model import EmbMLP, checkpoint_bytes, load_checkpoint, logits, request_logits
 
 
 def one_example(user: int, item: int, cats: list[int], hist: list[int], hist_cats: list[list[int]]) -> Examples:
@@ -65,3 +68,22 @@ def test_hashing_spreads_ids_over_the_buckets() -> None:
     rows = hash_ids(ids, 1 << 16, "item")
     # uniform hashing of 4000 ids into 65,536 rows collides ~120 times
     assert len(ids) - len(set(rows.tolist())) < 200
+
+
+@pytest.mark.parametrize("kind", ["emb-mlp", "mf"])
+@pytest.mark.parametrize("history", [[], [(4, (6,)), (5, (7, 8))]])
+def test_one_request_scores_as_its_rows_would(
+    small_config: ModelConfig, kind: ModelKind, history: list[ItemRef]
+) -> None:
+    config = replace(small_config, kind=kind)
+    model = EmbMLP(config)
+    with torch.no_grad():  # non-zero biases and id biases, so every term counts
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    params = model.params()
+    candidates: list[ItemRef] = [(2, (3,)), (9, ()), (11, (3, 12, 13))]
+    rows = examples_from_refs([1] * 3, candidates, [history] * 3, [0.0] * 3, config)
+    items, item_cats = item_rows(candidates)
+    hist_items, hist_cats = item_rows(history)
+    one = request_logits(params, torch.tensor(1), hist_items, hist_cats, items, item_cats, config.n_layers)
+    torch.testing.assert_close(one, logits(params, rows, config.n_layers))

@@ -139,6 +139,17 @@ def item_ref(item_id: str, categories: Sequence[str], config: ModelConfig) -> It
     )
 
 
+def item_rows(items: Sequence[ItemRef], width: int = 1) -> tuple[Tensor, Tensor]:
+    """Item refs → their rows ``[n]`` and category rows ``[n, C]`` (``-1`` padded, ``C ≥ width``)."""
+    n = len(items)
+    width = max(width, max((len(cats) for _, cats in items), default=0))
+    rows = np.fromiter((row for row, _ in items), dtype=np.int32, count=n)
+    cats = np.full((n, width), -1, dtype=np.int32)
+    for i, (_, item_cats) in enumerate(items):
+        cats[i, : len(item_cats)] = item_cats
+    return torch.from_numpy(rows), torch.from_numpy(cats)
+
+
 def examples_from_refs(
     users: Sequence[int],
     items: Sequence[ItemRef],
@@ -153,12 +164,9 @@ def examples_from_refs(
         max((len(cats) for _, cats in items), default=0),
         max((len(cats) for h in histories for _, cats in h), default=0),
     )
-    item = np.fromiter((row for row, _ in items), dtype=np.int32, count=n)
-    item_cats = np.full((n, width), -1, dtype=np.int32)
+    item, item_cats = item_rows(items, width)
     hist_items = np.full((n, length), -1, dtype=np.int32)
     hist_cats = np.full((n, length, width), -1, dtype=np.int32)
-    for i, (_, cats) in enumerate(items):
-        item_cats[i, : len(cats)] = cats
     for i, history in enumerate(histories):
         recent = list(history)[-length:] if length else []
         offset = length - len(recent)  # right-aligned, oldest first, as in the replay
@@ -167,8 +175,8 @@ def examples_from_refs(
             hist_cats[i, offset + j, : len(cats)] = cats
     return Examples(
         user=torch.tensor(list(users), dtype=torch.int32),
-        item=torch.from_numpy(item),
-        item_cats=torch.from_numpy(item_cats),
+        item=item,
+        item_cats=item_cats,
         hist_items=torch.from_numpy(hist_items),
         hist_cats=torch.from_numpy(hist_cats),
         label=torch.tensor(list(labels), dtype=torch.float32),

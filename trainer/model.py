@@ -74,6 +74,32 @@ def logits(params: Mapping[str, Tensor], ex: Examples, n_layers: int) -> Tensor:
     return x.squeeze(-1)
 
 
+def request_logits(
+    params: Mapping[str, Tensor],
+    user: Tensor,
+    hist_items: Tensor,
+    hist_cats: Tensor,
+    items: Tensor,
+    item_cats: Tensor,
+    n_layers: int,
+) -> Tensor:
+    """:func:`logits` for one user's candidates: ``user`` a 0-d row,
+    ``hist_items [L]``/``hist_cats [L, C]`` their history, ``items [n]``/``item_cats [n, C]``
+    the candidates. The user and history vectors are computed once, not once per candidate."""
+    user_vec = F.embedding(user, params["user_emb"]).expand(items.shape[0], -1)
+    if n_layers == 0:
+        item = F.embedding(items, params["item_emb"])
+        return (user_vec[:, :-1] * item[:, :-1]).sum(-1) + user_vec[:, -1] + item[:, -1] + params["bias"]
+    history = _masked_mean(_item_vectors(params, hist_items, hist_cats), hist_items >= 0)
+    candidate = _item_vectors(params, items, item_cats)
+    x = torch.cat([user_vec, history.expand(items.shape[0], -1), candidate], dim=-1)
+    for i in range(n_layers):
+        x = F.linear(x, params[f"mlp.{i}.weight"], params[f"mlp.{i}.bias"])
+        if i < n_layers - 1:
+            x = F.relu(x)
+    return x.squeeze(-1)
+
+
 class EmbMLP(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
