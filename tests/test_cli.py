@@ -88,3 +88,10 @@ def test_unknown_method_exits_nonzero_without_traceback(tmp_path: Path) -> None:
 def test_bad_meta_setting_is_refused_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["replay", "--synthetic", "--warmup", "-1", "--out", str(tmp_path)]) == 2
     assert "warmup" in capsys.readouterr().err
+
+
+def test_all_methods_is_the_papers_whole_table() -> None:
+    from trainer.cli import build_parser
+    from trainer.updaters import METHODS
+
+    assert build_parser().parse_args(["replay", "--methods", "all"]).methods == list(METHODS)

@@ -26,6 +26,8 @@ log = logging.getLogger("asmg")
 def _methods(value: str) -> list[str]:
     from trainer.updaters import METHODS
 
+    if value.strip() == "all":
+        return list(METHODS)
     names = [m.strip() for m in value.split(",") if m.strip()]
     unknown = [m for m in names if m not in METHODS]
     if unknown or not names:
@@ -60,7 +62,12 @@ def add_source_arguments(p: argparse.ArgumentParser) -> None:
 def add_replay_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("replay", help="replay a data set period by period and compare update methods")
     add_source_arguments(p)
-    p.add_argument("--methods", type=_methods, default=_methods("iu,asmg-gru-multi"), help="comma list")
+    p.add_argument(
+        "--methods",
+        type=_methods,
+        default=_methods("iu,asmg-gru-multi"),
+        help="comma list, or all (the paper's Table 1 and 2)",
+    )
     p.add_argument("--seeds", type=_positive_int, default=1, help="number of seeds (0..N-1)")
     p.add_argument(
         "--out", type=Path, default=Path("results/replay"), help="output directory; finished runs there are not redone"
