@@ -94,4 +94,4 @@ def test_all_methods_is_the_papers_whole_table() -> None:
     from trainer.cli import build_parser
     from trainer.updaters import METHODS
 
-    assert build_parser().parse_args(["replay", "--methods", "all"]).methods == list(METHODS)
+    assert build_parser().parse_args(["replay", "--synthetic", "--methods", "all"]).methods == list(METHODS)
