@@ -1,8 +1,9 @@
 """Figure 4: GRU multi's test AUC against the sequence length k and the hidden size d.
 
 Each (k, d) setting is one resumable `asmg replay` table under OUT/k{k}-d{d}
-with IU beside GRU multi. IU and Θ_0 do not depend on k or d, so IU runs once
-and its runs and Θ_0s are copied into every other setting's table; the settings then run
+with IU beside GRU multi. IU and Θ_0 do not depend on k or d: IU runs once
+and its runs are copied into every other setting's table, and every table
+shares one OUT/pretrained (each Θ_0 is trained once). The settings then run
 ``--jobs`` at a time, one process each. The plot and a table of the paired
 ΔAUC against IU go to OUT; rerunning skips finished runs.
 
@@ -55,14 +56,19 @@ def main() -> int:
     args = parser.parse_args()
     points = settings()
     directory = {point: args.out / f"k{point[0]}-d{point[1]}" for point in points}
+    shared = args.out / "pretrained"
+    shared.mkdir(parents=True, exist_ok=True)
+    for table in directory.values():
+        table.mkdir(parents=True, exist_ok=True)
+        if not (table / "pretrained").exists():
+            (table / "pretrained").symlink_to(shared.resolve(), target_is_directory=True)
     first = directory[points[0]]
     replay(args.dataset, "iu", args.seeds, first, *points[0], args.extra, args.jobs)
     for point in points[1:]:
-        for folder, pattern in (("runs", "iu-seed*.csv"), ("pretrained", "seed*.pt")):
-            (directory[point] / folder).mkdir(parents=True, exist_ok=True)
-            for path in (first / folder).glob(pattern):
-                if not (directory[point] / folder / path.name).exists():
-                    shutil.copyfile(path, directory[point] / folder / path.name)
+        (directory[point] / "runs").mkdir(exist_ok=True)
+        for path in (first / "runs").glob("iu-seed*.csv"):
+            if not (directory[point] / "runs" / path.name).exists():
+                shutil.copyfile(path, directory[point] / "runs" / path.name)
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         futures = [
             pool.submit(replay, args.dataset, "iu,asmg-gru-multi", args.seeds, directory[p], *p, args.extra, 1)

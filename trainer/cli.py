@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -72,7 +73,13 @@ def add_replay_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out", type=Path, default=Path("results/replay"), help="output directory; finished runs there are not redone"
     )
-    p.add_argument("--jobs", type=_positive_int, default=1, help="processes running seeds in parallel (1 thread each)")
+    p.add_argument(
+        "--jobs",
+        type=_positive_int,
+        default=os.cpu_count() or 1,
+        help="processes sharing the runs, 1 torch thread each (default: one per core, which measured faster "
+        "than torch threads; 1: this process alone, torch's threads)",
+    )
     p.add_argument(
         "--threads",
         type=_positive_int,

@@ -187,6 +187,7 @@ def plot_auc(results: Sequence[PeriodResult], path: Path, title: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     by_method: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     test_periods = sorted({r.period for r in results if r.split == "test"})
@@ -211,6 +212,7 @@ def plot_auc(results: Sequence[PeriodResult], path: Path, title: str) -> None:
         )
     if test_periods:
         ax.axvspan(test_periods[0] - 0.5, test_periods[-1] + 0.5, color="0.92", zorder=0, label="test periods")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("period scored")
     ax.set_ylabel("AUC (mean over seeds)")
     ax.set_title(title)

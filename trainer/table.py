@@ -24,7 +24,7 @@ from typing import Any
 
 from trainer.config import ModelConfig, TrainConfig
 from trainer.events import DataError, EventTable
-from trainer.replay import PeriodResult, Protocol, Replay
+from trainer.replay import PeriodResult, Protocol, Replay, period_bounds
 from trainer.report import read_periods_csv, write_periods_csv
 from trainer.updaters.baselines import BaselineConfig
 
@@ -141,7 +141,8 @@ def run_table(spec: TableSpec, out: Path, jobs: int = 1) -> list[PeriodResult]:
     from tqdm import tqdm
 
     check_settings(spec, out)
-    todo = [(m, s) for s in range(spec.seeds) for m in spec.methods if not run_path(out, m, s).exists()]
+    # method by method, so parallel processes start on different seeds and pre-train their Θ_0s side by side
+    todo = [(m, s) for m in spec.methods for s in range(spec.seeds) if not run_path(out, m, s).exists()]
     updates = spec.protocol.periods - spec.protocol.pretrain_periods - 1
     if todo and (jobs <= 1 or len(todo) == 1):
         replay = open_replay(spec, out)
@@ -154,6 +155,8 @@ def run_table(spec: TableSpec, out: Path, jobs: int = 1) -> list[PeriodResult]:
             for method, seed in todo:
                 run_one(replay, spec, out, method, seed, on_period=advance)
     elif todo:
+        # A pool's initializer error only breaks the pool; refuse bad data here, with its own message.
+        period_bounds(len(load_source(spec.source, spec.name)), spec.protocol.periods)
         context = multiprocessing.get_context("spawn")  # a clean torch per process
         with (
             ProcessPoolExecutor(
