@@ -31,14 +31,11 @@ def _settings(**overrides: object) -> Settings:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    import uvicorn
+    from app.workers import serve
 
-    from app.main import create_app
-
-    settings = _settings(host=args.host, port=args.port)
+    settings = _settings(host=args.host, port=args.port, workers=args.workers)
     _service_logging()
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info", access_log=False)
-    return 0
+    return serve(settings)
 
 
 def run_trainer_command(args: argparse.Namespace) -> int:
@@ -103,6 +100,7 @@ def add_service_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="start the HTTP API (and, on the embedded store, the trainer)")
     p.add_argument("--host", help="bind address (ASMG_HOST, default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (ASMG_PORT, default 8000)")
+    p.add_argument("--workers", type=int, help="API processes sharing the port (ASMG_WORKERS, default 1)")
     p.set_defaults(handler=run_serve)
 
     p = sub.add_parser("trainer", help="run the trainer alone: train each closed period, publish, notify")

@@ -14,17 +14,21 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
+import orjson
 import torch
 from apscheduler.schedulers.background import BackgroundScheduler
 from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ValidationError
 from redis.exceptions import RedisError
 
 from app.admin import admin_router
+from app.batching import MicroBatcher, NoModelError
 from app.metrics import RequestMetrics, ServiceMetrics
 from app.schemas import (
     Health,
@@ -35,7 +39,8 @@ from app.schemas import (
     Problem,
     Ready,
 )
-from app.serving import ModelHolder, ServedModel, SwapWatcher
+from app.serving import ModelHolder, ServedModel, SwapWatcher, encode_request
+from trainer.config import ModelConfig
 from trainer.schedule import start_rollover_schedule
 from trainer.settings import Settings
 from trainer.store import open_store
@@ -52,11 +57,40 @@ class Runtime:
     settings: Settings
     store: Store
     holder: ModelHolder
+    model_config: ModelConfig
+    batcher: MicroBatcher
     metrics: ServiceMetrics
     watcher: SwapWatcher
     stop: threading.Event = field(default_factory=threading.Event)
     threads: list[threading.Thread] = field(default_factory=list)
     scheduler: BackgroundScheduler | None = None
+
+
+Body = TypeVar("Body", bound=BaseModel)
+
+
+async def parse_body(request: Request, model: type[Body]) -> Body:
+    """The JSON body as ``model``, parsed and validated in one pass (pydantic's
+    own JSON parser: no intermediate Python dicts); errors are FastAPI's 422."""
+    try:
+        return model.model_validate_json(await request.body())
+    except ValidationError as exc:
+        errors = [
+            # an unparsable body is not echoed back whole
+            {**e, "loc": ("body", *e["loc"]), **({"input": None} if not e["loc"] else {})}
+            for e in exc.errors(include_url=False)
+        ]
+        raise RequestValidationError(errors) from None
+
+
+def json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI for a route that reads its body with :func:`parse_body`."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}},
+        }
+    }
 
 
 def invalid(loc: Sequence[str | int], message: str, kind: str = "value_error") -> RequestValidationError:
@@ -116,15 +150,22 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         log.error("store error on %s: %s", request.url.path, exc)
         return JSONResponse({"detail": "the store is unavailable; retry later"}, status_code=503)
 
-    @app.post("/v1/predict", response_model=PredictResponse, tags=["scoring"])
-    def predict(body: PredictRequest, request: Request) -> PredictResponse:
+    @app.post(
+        "/v1/predict",
+        response_model=PredictResponse,
+        tags=["scoring"],
+        openapi_extra=json_body(PredictRequest),
+    )
+    async def predict(request: Request) -> Response:
         """Click probabilities of the candidates for this user, from the serving model.
 
         The user's history is the client's ``history`` if given, else the
-        service's own record of their latest clicks.
+        service's own record of their latest clicks. Requests that arrive
+        together are scored in one forward pass (``ASMG_BATCH_*``).
         """
         rt = runtime(request)
         s = rt.settings
+        body = await parse_body(request, PredictRequest)
         if len(body.items) > s.max_items:
             raise invalid(["items"], f"at most {s.max_items} items per request", "too_long")
         user = check_id(body.user_id, ["user_id"], s.max_id_length)
@@ -135,28 +176,34 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
             )
             for i, c in enumerate(body.items)
         ]
-        supplied = None
         if body.history is not None:
             if len(body.history) > s.max_history:
                 raise invalid(["history"], f"at most {s.max_history} history items per request", "too_long")
-            supplied = [Click(check_id(h, ["history", i], s.max_id_length), ()) for i, h in enumerate(body.history)]
-        model: ServedModel | None = rt.holder.current  # read once: one version per response
-        if model is None:
-            raise HTTPException(503, "no model is loaded yet")
-        length = model.config.history_length
-        if supplied is not None:
-            history = supplied[-length:] if length else []
+            history = [Click(check_id(h, ["history", i], s.max_id_length), ()) for i, h in enumerate(body.history)]
+        elif rt.model_config.history_length and rt.holder.current is not None:
+            history = await run_in_threadpool(rt.store.recent_clicks, user, rt.model_config.history_length)
         else:
-            history = rt.store.recent_clicks(user, length) if length else []
-        scores = model.score(user, items, history)
+            history = []
+        try:
+            scores, model = await rt.batcher.score(encode_request(rt.model_config, user, items, history))
+        except NoModelError:
+            raise HTTPException(503, "no model is loaded yet") from None
         rt.metrics.items_scored.inc(len(scores))
-        return PredictResponse(scores=scores, model_version=model.version, period=model.period)
+        answer = {"scores": scores, "model_version": model.version, "period": model.period}
+        return Response(orjson.dumps(answer), media_type="application/json")
 
-    @app.post("/v1/interactions", status_code=202, response_model=InteractionsAccepted, tags=["logging"])
-    def interactions(body: InteractionsRequest, request: Request) -> InteractionsAccepted:
+    @app.post(
+        "/v1/interactions",
+        status_code=202,
+        response_model=InteractionsAccepted,
+        tags=["logging"],
+        openapi_extra=json_body(InteractionsRequest),
+    )
+    async def interactions(request: Request) -> Response:
         """Log impressions and clicks. A 2xx means every event is durably in the log."""
         rt = runtime(request)
         s = rt.settings
+        body = await parse_body(request, InteractionsRequest)
         if len(body.events) > s.max_events:
             raise invalid(["events"], f"at most {s.max_events} events per request", "too_long")
         now = time.time()
@@ -170,9 +217,10 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
             )
             for i, e in enumerate(body.events)
         ]
-        period = rt.store.append(events, s.history_length)
+        period = await run_in_threadpool(rt.store.append, events, s.history_length)
         rt.metrics.interactions.inc(len(events))
-        return InteractionsAccepted(accepted=len(events), period=period)
+        answer = {"accepted": len(events), "period": period}
+        return Response(orjson.dumps(answer), status_code=202, media_type="application/json")
 
     @app.get("/healthz", response_model=Health, tags=["health"])
     def healthz() -> Health:
@@ -194,6 +242,19 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(admin_router(settings))
+
+    def openapi() -> dict[str, Any]:
+        # the routes that parse their own bodies declare them by reference; the schemas go here
+        if app.openapi_schema is None:
+            schema = FastAPI.openapi(app)
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in (PredictRequest, InteractionsRequest):
+                definition = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(definition.pop("$defs", {}))
+                components[model.__name__] = definition
+        return app.openapi_schema or {}
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 
@@ -214,7 +275,8 @@ def start_runtime(settings: Settings, store: Store, metrics: ServiceMetrics) -> 
         on_swap=swapped,
         on_failure=lambda version, reason: metrics.load_failures.inc(),
     )
-    rt = Runtime(settings, store, holder, metrics, watcher)
+    batcher = MicroBatcher(holder, settings.batch_max_items, settings.batch_wait_ms / 1000)
+    rt = Runtime(settings, store, holder, watcher.config, batcher, metrics, watcher)
     if settings.admin_token is None:
         log.warning("ASMG_ADMIN_TOKEN is not set: /admin is open (development only)")
     ensure_initial_model(store, settings)

@@ -10,18 +10,40 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from trainer.config import ModelConfig
-from trainer.features import item_ref, item_rows, user_row
+from trainer.features import ItemRef, history_rows, item_ref, item_rows, user_row
 from trainer.model import Params, request_logits
 from trainer.store.base import Click, Store, VersionInfo
 from trainer.worker import ModelLoadError, verified_params
 
 log = logging.getLogger("asmg.serving")
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A scoring request as model rows: the user, the candidates, the history (oldest first)."""
+
+    user: int
+    items: list[ItemRef]
+    history: list[ItemRef]
+
+
+def encode_request(
+    config: ModelConfig, user_id: str, items: Sequence[tuple[str, Sequence[str]]], history: Sequence[Click]
+) -> Encoded:
+    """One request's ids → model rows. Hashing depends on the config alone, which
+    every version of a service shares, so it happens before a version is picked."""
+    recent = history[-config.history_length :] if config.history_length else []
+    return Encoded(
+        user_row(user_id, config),
+        [item_ref(item, cats, config) for item, cats in items],
+        [item_ref(c.item_id, c.categories, config) for c in recent],
+    )
 
 
 @dataclass(frozen=True)
@@ -39,15 +61,19 @@ class ServedModel:
         return self.info.trained_through + 1
 
     @torch.inference_mode()
-    def score(self, user_id: str, items: list[tuple[str, tuple[str, ...]]], history: list[Click]) -> list[float]:
+    def score(self, requests: Sequence[Encoded]) -> list[list[float]]:
+        """Click probabilities for several requests in one forward pass."""
         config = self.config
-        refs = [item_ref(item, cats, config) for item, cats in items]
-        past = [item_ref(c.item_id, c.categories, config) for c in history]
-        items_row, items_cats = item_rows(refs)
-        hist_row, hist_cats = item_rows(past[-config.history_length :] if config.history_length else [])
-        user = torch.tensor(user_row(user_id, config))
-        out = request_logits(self.params, user, hist_row, hist_cats, items_row, items_cats, config.n_layers)
-        scores: list[float] = torch.sigmoid(out).tolist()
+        items, item_cats = item_rows([ref for r in requests for ref in r.items])
+        hist_items, hist_cats = history_rows([r.history for r in requests], config.history_length)
+        owner = torch.repeat_interleave(torch.tensor([len(r.items) for r in requests]))
+        users = torch.tensor([r.user for r in requests])
+        out = request_logits(self.params, users, hist_items, hist_cats, items, item_cats, owner, config.n_layers)
+        probabilities: list[float] = torch.sigmoid(out).tolist()
+        scores, start = [], 0
+        for r in requests:
+            scores.append(probabilities[start : start + len(r.items)])
+            start += len(r.items)
         return scores
 
 

@@ -11,6 +11,7 @@ import pytest
 import redis
 import torch
 
+from tests.service import free_port
 from trainer.config import ModelConfig, TrainConfig
 from trainer.features import EncodedLog, encode_log
 from trainer.synthetic import synthetic_events
@@ -46,7 +47,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     binary = shutil.which("redis-server")
     if binary is None:
         pytest.fail("redis-server is not on PATH; the store tests need a real Redis (apt-get install redis-server)")
-    port = _free_port()
+    port = free_port()
     directory = tmp_path_factory.mktemp("redis")
     command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
     process = subprocess.Popen(
@@ -70,13 +71,6 @@ def redis_url(redis_server: str) -> str:
     with redis.Redis.from_url(redis_server) as client:
         client.flushall()
     return redis_server
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def _wait_for_pong(port: int, process: subprocess.Popen[bytes], seconds: float = 10.0) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 import uuid
 from pathlib import Path
@@ -70,3 +71,10 @@ def post_period(client: httpx.Client, events: list[dict[str, Any]]) -> int:
 
 def trained_through(client: httpx.Client) -> int:
     return int(client.get("/admin/status", headers=AUTH).json()["trained_through"])
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port

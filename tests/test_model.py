@@ -7,7 +7,16 @@ import pytest
 import torch
 
 from trainer.config import ModelConfig, ModelKind
-from trainer.features import EncodedLog, Examples, ItemRef, examples_from_refs, hash_id, hash_ids, item_rows
+from trainer.features import (
+    EncodedLog,
+    Examples,
+    ItemRef,
+    examples_from_refs,
+    hash_id,
+    hash_ids,
+    history_rows,
+    item_rows,
+)
 from trainer.model import EmbMLP, checkpoint_bytes, load_checkpoint, logits, request_logits
 
 
@@ -71,19 +80,28 @@ def test_hashing_spreads_ids_over_the_buckets() -> None:
 
 
 @pytest.mark.parametrize("kind", ["emb-mlp", "mf"])
-@pytest.mark.parametrize("history", [[], [(4, (6,)), (5, (7, 8))]])
-def test_one_request_scores_as_its_rows_would(
-    small_config: ModelConfig, kind: ModelKind, history: list[ItemRef]
-) -> None:
+def test_requests_scored_together_score_as_their_rows_would(small_config: ModelConfig, kind: ModelKind) -> None:
     config = replace(small_config, kind=kind)
     model = EmbMLP(config)
     with torch.no_grad():  # non-zero biases and id biases, so every term counts
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.1)
     params = model.params()
-    candidates: list[ItemRef] = [(2, (3,)), (9, ()), (11, (3, 12, 13))]
-    rows = examples_from_refs([1] * 3, candidates, [history] * 3, [0.0] * 3, config)
-    items, item_cats = item_rows(candidates)
-    hist_items, hist_cats = item_rows(history)
-    one = request_logits(params, torch.tensor(1), hist_items, hist_cats, items, item_cats, config.n_layers)
-    torch.testing.assert_close(one, logits(params, rows, config.n_layers))
+    # three requests: different users, histories (one empty, one longer than history_length) and candidates
+    users = [1, 7, 1]
+    histories: list[list[ItemRef]] = [[], [(4, (6,)), (5, (7, 8))], [(k, (k % 5,)) for k in range(15)]]
+    candidates: list[list[ItemRef]] = [[(2, (3,)), (9, ()), (11, (3, 12, 13))], [(2, (3,))], [(9, ()), (30, (1,))]]
+    rows = examples_from_refs(
+        [u for u, c in zip(users, candidates, strict=True) for _ in c],
+        [ref for c in candidates for ref in c],
+        [h for h, c in zip(histories, candidates, strict=True) for _ in c],
+        [0.0] * 6,
+        config,
+    )
+    items, item_cats = item_rows([ref for c in candidates for ref in c])
+    hist_items, hist_cats = history_rows(histories, config.history_length)
+    owner = torch.tensor([0, 0, 0, 1, 2, 2])
+    together = request_logits(
+        params, torch.tensor(users), hist_items, hist_cats, items, item_cats, owner, config.n_layers
+    )
+    torch.testing.assert_close(together, logits(params, rows, config.n_layers))

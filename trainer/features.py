@@ -150,6 +150,23 @@ def item_rows(items: Sequence[ItemRef], width: int = 1) -> tuple[Tensor, Tensor]
     return torch.from_numpy(rows), torch.from_numpy(cats)
 
 
+def history_rows(histories: Sequence[Sequence[ItemRef]], length: int, width: int = 1) -> tuple[Tensor, Tensor]:
+    """Histories → item rows ``[n, length]`` and category rows ``[n, length, C]``,
+    each the newest ``length`` items, right-aligned and oldest first as in the
+    replay, ``-1`` padded."""
+    n = len(histories)
+    width = max(width, max((len(cats) for h in histories for _, cats in h), default=0))
+    items = np.full((n, length), -1, dtype=np.int32)
+    cats = np.full((n, length, width), -1, dtype=np.int32)
+    for i, history in enumerate(histories):
+        recent = list(history)[-length:] if length else []
+        offset = length - len(recent)
+        for j, (row, item_cats) in enumerate(recent):
+            items[i, offset + j] = row
+            cats[i, offset + j, : len(item_cats)] = item_cats
+    return torch.from_numpy(items), torch.from_numpy(cats)
+
+
 def examples_from_refs(
     users: Sequence[int],
     items: Sequence[ItemRef],
@@ -158,27 +175,19 @@ def examples_from_refs(
     config: ModelConfig,
 ) -> Examples:
     """Rows of (user row, candidate, history) → padded tensors."""
-    n, length = len(items), config.history_length
     width = max(
         1,
         max((len(cats) for _, cats in items), default=0),
         max((len(cats) for h in histories for _, cats in h), default=0),
     )
     item, item_cats = item_rows(items, width)
-    hist_items = np.full((n, length), -1, dtype=np.int32)
-    hist_cats = np.full((n, length, width), -1, dtype=np.int32)
-    for i, history in enumerate(histories):
-        recent = list(history)[-length:] if length else []
-        offset = length - len(recent)  # right-aligned, oldest first, as in the replay
-        for j, (row, cats) in enumerate(recent):
-            hist_items[i, offset + j] = row
-            hist_cats[i, offset + j, : len(cats)] = cats
+    hist_items, hist_cats = history_rows(histories, config.history_length, width)
     return Examples(
         user=torch.tensor(list(users), dtype=torch.int32),
         item=item,
         item_cats=item_cats,
-        hist_items=torch.from_numpy(hist_items),
-        hist_cats=torch.from_numpy(hist_cats),
+        hist_items=hist_items,
+        hist_cats=hist_cats,
         label=torch.tensor(list(labels), dtype=torch.float32),
     )
 

@@ -52,11 +52,21 @@ def _item_vectors(params: Mapping[str, Tensor], items: Tensor, cats: Tensor) -> 
     return torch.cat([item_vec, _category_means(params["cat_emb"], cats)], dim=-1)
 
 
-def mf_logits(params: Mapping[str, Tensor], ex: Examples) -> Tensor:
+def _mf(user: Tensor, item: Tensor, bias: Tensor) -> Tensor:
     """Matrix factorisation: the last column of each table is the id's bias."""
-    user = F.embedding(ex.user, params["user_emb"])
-    item = F.embedding(ex.item, params["item_emb"])
-    return (user[:, :-1] * item[:, :-1]).sum(-1) + user[:, -1] + item[:, -1] + params["bias"]
+    return (user[:, :-1] * item[:, :-1]).sum(-1) + user[:, -1] + item[:, -1] + bias
+
+
+def _mlp(params: Mapping[str, Tensor], x: Tensor, n_layers: int) -> Tensor:
+    for i in range(n_layers):
+        x = F.linear(x, params[f"mlp.{i}.weight"], params[f"mlp.{i}.bias"])
+        if i < n_layers - 1:
+            x = F.relu(x)
+    return x.squeeze(-1)
+
+
+def mf_logits(params: Mapping[str, Tensor], ex: Examples) -> Tensor:
+    return _mf(F.embedding(ex.user, params["user_emb"]), F.embedding(ex.item, params["item_emb"]), params["bias"])
 
 
 def logits(params: Mapping[str, Tensor], ex: Examples, n_layers: int) -> Tensor:
@@ -66,38 +76,31 @@ def logits(params: Mapping[str, Tensor], ex: Examples, n_layers: int) -> Tensor:
     user_vec = F.embedding(ex.user, params["user_emb"])
     candidate = _item_vectors(params, ex.item, ex.item_cats)
     history = _masked_mean(_item_vectors(params, ex.hist_items, ex.hist_cats), ex.hist_items >= 0)
-    x = torch.cat([user_vec, history, candidate], dim=-1)
-    for i in range(n_layers):
-        x = F.linear(x, params[f"mlp.{i}.weight"], params[f"mlp.{i}.bias"])
-        if i < n_layers - 1:
-            x = F.relu(x)
-    return x.squeeze(-1)
+    return _mlp(params, torch.cat([user_vec, history, candidate], dim=-1), n_layers)
 
 
 def request_logits(
     params: Mapping[str, Tensor],
-    user: Tensor,
+    users: Tensor,
     hist_items: Tensor,
     hist_cats: Tensor,
     items: Tensor,
     item_cats: Tensor,
+    owner: Tensor,
     n_layers: int,
 ) -> Tensor:
-    """:func:`logits` for one user's candidates: ``user`` a 0-d row,
-    ``hist_items [L]``/``hist_cats [L, C]`` their history, ``items [n]``/``item_cats [n, C]``
-    the candidates. The user and history vectors are computed once, not once per candidate."""
-    user_vec = F.embedding(user, params["user_emb"]).expand(items.shape[0], -1)
+    """:func:`logits` for the candidates of several requests at once, each
+    request's user and history computed once, not once per candidate.
+
+    ``users [R]``, ``hist_items [R, L]`` and ``hist_cats [R, L, C]`` describe
+    the R requests; ``items [N]`` and ``item_cats [N, C]`` are all their
+    candidates, ``owner [N]`` the request each belongs to."""
+    user_vec = F.embedding(users, params["user_emb"])[owner]
     if n_layers == 0:
-        item = F.embedding(items, params["item_emb"])
-        return (user_vec[:, :-1] * item[:, :-1]).sum(-1) + user_vec[:, -1] + item[:, -1] + params["bias"]
-    history = _masked_mean(_item_vectors(params, hist_items, hist_cats), hist_items >= 0)
-    candidate = _item_vectors(params, items, item_cats)
-    x = torch.cat([user_vec, history.expand(items.shape[0], -1), candidate], dim=-1)
-    for i in range(n_layers):
-        x = F.linear(x, params[f"mlp.{i}.weight"], params[f"mlp.{i}.bias"])
-        if i < n_layers - 1:
-            x = F.relu(x)
-    return x.squeeze(-1)
+        return _mf(user_vec, F.embedding(items, params["item_emb"]), params["bias"])
+    history = _masked_mean(_item_vectors(params, hist_items, hist_cats), hist_items >= 0)[owner]
+    x = torch.cat([user_vec, history, _item_vectors(params, items, item_cats)], dim=-1)
+    return _mlp(params, x, n_layers)
 
 
 class EmbMLP(nn.Module):

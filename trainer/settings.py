@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     # -- HTTP ----------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Bind address of `asmg serve`.")
     port: int = Field(8000, ge=1, le=65535, description="Port of `asmg serve`.")
+    workers: int = Field(1, ge=1, description="API processes of `asmg serve`, sharing the port (SO_REUSEPORT).")
     environment: Literal["development", "production"] = Field(
         "development", description="`production` refuses to start without ASMG_ADMIN_TOKEN."
     )
@@ -42,6 +43,15 @@ class Settings(BaseSettings):
     max_categories: int = Field(32, ge=1, description="Most categories on one item.")
     swap_poll_seconds: float = Field(5.0, gt=0, description="How often a replica re-checks the serving pointer.")
     torch_threads: int = Field(1, ge=1, description="Torch intra-op threads per process.")
+    batch_max_items: int = Field(
+        4096, ge=1, description="A batch is scored at once when its requests hold this many candidates."
+    )
+    batch_wait_ms: float = Field(
+        0.0,
+        ge=0,
+        description="How long a request waits for others to join its batch. 0: only requests that "
+        "arrive together are batched, and a lone request never waits.",
+    )
 
     # -- the model -----------------------------------------------------------------
     method: str = Field("asmg-gru-multi", description="Update method, one of `asmg replay --methods`.")

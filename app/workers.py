@@ -1,0 +1,88 @@
+"""``asmg serve`` as one or several API processes on one port.
+
+Each process binds its own listening socket with SO_REUSEPORT, so the kernel
+spreads new connections over them; with one shared socket, as
+``uvicorn --workers`` has, one process tends to accept every connection of a
+keep-alive client and the others idle. Only the first process runs the
+in-process trainer and the rollover schedule. If any process exits, the
+others are stopped and ``asmg serve`` exits with its status, for the
+supervisor (systemd, Kubernetes) to restart the whole.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import signal
+import socket
+import threading
+from types import FrameType
+
+from trainer.settings import Settings
+
+log = logging.getLogger("asmg.serve")
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def serve_one(settings: Settings, index: int = 0) -> None:
+    """One API process, serving until SIGTERM or SIGINT."""
+    import uvicorn
+
+    from app.main import create_app
+
+    logging.getLogger("asmg").setLevel(logging.INFO)
+    if index > 0:
+        settings = settings.model_copy(update={"trainer_in_process": False})
+    sock = listening_socket(settings.host, settings.port)
+    config = uvicorn.Config(create_app(settings), log_level="info", access_log=False)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def serve(settings: Settings) -> int:
+    """Run ``settings.workers`` API processes; return when they have all stopped."""
+    if settings.workers == 1:
+        serve_one(settings)
+        return 0
+    # fail here, with a clear error, if the port is taken, before any child starts
+    listening_socket(settings.host, settings.port).close()
+    context = multiprocessing.get_context("spawn")  # a clean torch and event loop per process
+    processes = [
+        context.Process(target=serve_one, args=(settings, i), name=f"asmg-serve-{i}") for i in range(settings.workers)
+    ]
+    stopping = threading.Event()
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        stopping.set()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        for process in processes:
+            process.start()
+        log.info("serving on %s:%d with %d processes", settings.host, settings.port, settings.workers)
+        while not stopping.is_set() and all(p.is_alive() for p in processes):
+            stopping.wait(0.5)
+        failed = [p for p in processes if not p.is_alive() and p.exitcode]
+        if failed:
+            log.error("%s exited with status %s; stopping the others", failed[0].name, failed[0].exitcode)
+        for process in processes:
+            if process.is_alive():
+                process.terminate()  # SIGTERM: uvicorn finishes its requests and shuts down
+        for process in processes:
+            process.join(30)
+            if process.is_alive():
+                process.kill()
+                process.join()
+        return 1 if failed else 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

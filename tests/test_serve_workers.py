@@ -1,0 +1,76 @@
+"""`asmg serve --workers 2`: two API processes on one port, stopped together."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.service import free_port
+
+SMALL = {"ASMG_USER_BUCKETS": "512", "ASMG_ITEM_BUCKETS": "512", "ASMG_CATEGORY_BUCKETS": "32", "ASMG_HIDDEN": "8,4"}
+
+
+def spawned_children(pid: int) -> list[int]:
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(c) for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, log.read_text()
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("asmg serve never became ready")
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``asmg serve --workers 2`` on a free port, ready; killed at the end if still running."""
+    port = free_port()
+    env = {**os.environ, **SMALL, "ASMG_STATE_DIR": str(tmp_path / "state")}
+    log = tmp_path / "serve.log"
+    command = [sys.executable, "-m", "app.cli", "serve", "--workers", "2", "--port", str(port)]
+    with log.open("wb") as output:
+        process = subprocess.Popen(command, env=env, stderr=output)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", process, log)
+        yield f"http://127.0.0.1:{port}", process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_two_workers_share_the_port_and_stop_together(server: tuple[str, subprocess.Popen[bytes]]) -> None:
+    url, process = server
+    workers = spawned_children(process.pid)
+    assert len(workers) == 2
+    body = {"user_id": "u", "items": [{"item_id": "a"}, {"item_id": "b"}], "history": ["c"]}
+    answers = []
+    for _ in range(20):  # a new connection each time: the kernel picks the worker
+        with httpx.Client(base_url=url, timeout=10) as client:
+            answers.append(client.post("/v1/predict", json=body))
+    assert {a.status_code for a in answers} == {200}
+    assert len({tuple(a.json()["scores"]) for a in answers}) == 1  # one model, whichever worker answered
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 0
+    assert not any(Path(f"/proc/{w}").exists() for w in workers)
+
+
+def test_a_worker_that_dies_takes_the_server_down(server: tuple[str, subprocess.Popen[bytes]]) -> None:
+    _, process = server
+    os.kill(spawned_children(process.pid)[1], signal.SIGKILL)
+    assert process.wait(timeout=60) == 1  # the supervisor restarts the whole, never half of it
