@@ -12,6 +12,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 
@@ -33,16 +34,20 @@ class Encoded:
     history: list[ItemRef]
 
 
+# popular items come back in every request: one lookup instead of one hash per id and category
+_cached_item_ref = lru_cache(maxsize=1 << 18)(item_ref)
+
+
 def encode_request(
-    config: ModelConfig, user_id: str, items: Sequence[tuple[str, Sequence[str]]], history: Sequence[Click]
+    config: ModelConfig, user_id: str, items: Sequence[tuple[str, tuple[str, ...]]], history: Sequence[Click]
 ) -> Encoded:
     """One request's ids → model rows. Hashing depends on the config alone, which
     every version of a service shares, so it happens before a version is picked."""
     recent = history[-config.history_length :] if config.history_length else []
     return Encoded(
         user_row(user_id, config),
-        [item_ref(item, cats, config) for item, cats in items],
-        [item_ref(c.item_id, c.categories, config) for c in recent],
+        [_cached_item_ref(item, cats, config) for item, cats in items],
+        [_cached_item_ref(c.item_id, c.categories, config) for c in recent],
     )
 
 
