@@ -44,7 +44,10 @@ class Settings(BaseSettings):
     swap_poll_seconds: float = Field(5.0, gt=0, description="How often a replica re-checks the serving pointer.")
     torch_threads: int = Field(1, ge=1, description="Torch intra-op threads per process.")
     batch_max_items: int = Field(
-        4096, ge=1, description="A batch is scored at once when its requests hold this many candidates."
+        1,
+        ge=1,
+        description="A batch of concurrent predict requests is scored at once when it holds this many "
+        "candidates; 1 (the default) scores each request alone: batching measured slower, see docs/benchmarks.md.",
     )
     batch_wait_ms: float = Field(
         0.0,
