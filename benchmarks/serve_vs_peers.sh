@@ -2,8 +2,8 @@
 # Our /v1/predict measured beside the shared peers (TorchServe, BentoML, plain
 # FastAPI) in one run of the shared harness: the benchmark model's sizes, the
 # harness's own users, histories and items (converted to our schema, history
-# supplied by the client), the same wrk load. Prints the harness's table, then
-# the path of the peers.json it leaves.
+# supplied by the client), the same wrk load. Prints the harness's table, plots
+# items/s and p99 against concurrency, and prints the path of the peers.json last.
 #
 #   benchmarks/serve_vs_peers.sh                          # every peer and us
 #   benchmarks/serve_vs_peers.sh --only torchserve,asmg --duration 10
@@ -38,4 +38,5 @@ cd "$bench"
 mkdir -p "$root/results/serve-vs-peers"
 saved=$root/results/serve-vs-peers/peers-$(date -u +%Y%m%dT%H%M%SZ).json
 cp "$bench/results/peers.json" "$saved"
+"$python" "$root/benchmarks/plot_peers.py" "$saved" --out "${saved%.json}.png"
 echo "peers.json: $saved"
