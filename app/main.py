@@ -28,6 +28,7 @@ from redis.exceptions import RedisError
 
 from app.admin import admin_router
 from app.batching import MicroBatcher, NoModelError
+from app.hot import Answer, HotRoutes
 from app.metrics import RequestMetrics, ServiceMetrics
 from app.schemas import (
     Health,
@@ -68,11 +69,11 @@ class Runtime:
 Body = TypeVar("Body", bound=BaseModel)
 
 
-async def parse_body(request: Request, model: type[Body]) -> Body:
+def parse_body(raw: bytes, model: type[Body]) -> Body:
     """The JSON body as ``model``, parsed and validated in one pass (pydantic's
     own JSON parser: no intermediate Python dicts); errors are FastAPI's 422."""
     try:
-        return model.model_validate_json(await request.body())
+        return model.model_validate_json(raw)
     except ValidationError as exc:
         errors = [
             # an unparsable body is not echoed back whole
@@ -114,7 +115,61 @@ def check_categories(values: list[str | int], loc: Sequence[str | int], settings
     return tuple(check_id(c, (*loc, i), settings.max_id_length) for i, c in enumerate(values))
 
 
-def create_app(settings: Settings | None = None, store: Store | None = None) -> FastAPI:
+async def predict_answer(rt: Runtime, raw: bytes) -> dict[str, Any]:
+    """The body of a ``/v1/predict`` answer."""
+    s = rt.settings
+    body = parse_body(raw, PredictRequest)
+    if len(body.items) > s.max_items:
+        raise invalid(["items"], f"at most {s.max_items} items per request", "too_long")
+    user = check_id(body.user_id, ["user_id"], s.max_id_length)
+    items = [
+        (
+            check_id(c.item_id, ["items", i, "item_id"], s.max_id_length),
+            check_categories(c.categories, ["items", i, "categories"], s),
+        )
+        for i, c in enumerate(body.items)
+    ]
+    if body.history is not None:
+        if len(body.history) > s.max_history:
+            raise invalid(["history"], f"at most {s.max_history} history items per request", "too_long")
+        history = [Click(check_id(h, ["history", i], s.max_id_length), ()) for i, h in enumerate(body.history)]
+    elif rt.model_config.history_length and rt.holder.current is not None:
+        history = rt.store.recent_clicks(user, rt.model_config.history_length)
+    else:
+        history = []
+    try:
+        scores, model = await rt.batcher.score(encode_request(rt.model_config, user, items, history))
+    except NoModelError:
+        raise HTTPException(503, "no model is loaded yet") from None
+    rt.metrics.items_scored.inc(len(scores))
+    return {"scores": scores, "model_version": model.version, "period": model.period}
+
+
+async def interactions_answer(rt: Runtime, raw: bytes) -> dict[str, Any]:
+    """Log the events of a ``/v1/interactions`` body; the body of its 202."""
+    s = rt.settings
+    body = parse_body(raw, InteractionsRequest)
+    if len(body.events) > s.max_events:
+        raise invalid(["events"], f"at most {s.max_events} events per request", "too_long")
+    now = time.time()
+    events = [
+        Interaction(
+            user_id=check_id(e.user_id, ["events", i, "user_id"], s.max_id_length),
+            item_id=check_id(e.item_id, ["events", i, "item_id"], s.max_id_length),
+            categories=check_categories(e.categories, ["events", i, "categories"], s),
+            label=int(e.label),
+            timestamp=e.timestamp if e.timestamp is not None else now,
+        )
+        for i, e in enumerate(body.events)
+    ]
+    # on the event loop, not in a thread: a thread here waits for the GIL behind the loop's CPU work
+    # at every socket call, and 1 in 100 appends took 200 ms at 8 connections (docs/benchmarks.md)
+    period = rt.store.append(events, s.history_length)
+    rt.metrics.interactions.inc(len(events))
+    return {"accepted": len(events), "period": period}
+
+
+def create_app(settings: Settings | None = None, store: Store | None = None) -> HotRoutes:
     settings = settings or Settings()
     owns_store = store is None
 
@@ -159,36 +214,10 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         """Click probabilities of the candidates for this user, from the serving model.
 
         The user's history is the client's ``history`` if given, else the
-        service's own record of their latest clicks. Requests that arrive
-        together are scored in one forward pass (``ASMG_BATCH_*``).
+        service's own record of their latest clicks. (Served by :class:`HotRoutes`;
+        declared here for the OpenAPI document.)
         """
-        rt = runtime(request)
-        s = rt.settings
-        body = await parse_body(request, PredictRequest)
-        if len(body.items) > s.max_items:
-            raise invalid(["items"], f"at most {s.max_items} items per request", "too_long")
-        user = check_id(body.user_id, ["user_id"], s.max_id_length)
-        items = [
-            (
-                check_id(c.item_id, ["items", i, "item_id"], s.max_id_length),
-                check_categories(c.categories, ["items", i, "categories"], s),
-            )
-            for i, c in enumerate(body.items)
-        ]
-        if body.history is not None:
-            if len(body.history) > s.max_history:
-                raise invalid(["history"], f"at most {s.max_history} history items per request", "too_long")
-            history = [Click(check_id(h, ["history", i], s.max_id_length), ()) for i, h in enumerate(body.history)]
-        elif rt.model_config.history_length and rt.holder.current is not None:
-            history = rt.store.recent_clicks(user, rt.model_config.history_length)
-        else:
-            history = []
-        try:
-            scores, model = await rt.batcher.score(encode_request(rt.model_config, user, items, history))
-        except NoModelError:
-            raise HTTPException(503, "no model is loaded yet") from None
-        rt.metrics.items_scored.inc(len(scores))
-        answer = {"scores": scores, "model_version": model.version, "period": model.period}
+        answer = await predict_answer(runtime(request), await request.body())
         return Response(orjson.dumps(answer), media_type="application/json")
 
     @app.post(
@@ -199,28 +228,9 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         openapi_extra=json_body(InteractionsRequest),
     )
     async def interactions(request: Request) -> Response:
-        """Log impressions and clicks. A 2xx means every event is durably in the log."""
-        rt = runtime(request)
-        s = rt.settings
-        body = await parse_body(request, InteractionsRequest)
-        if len(body.events) > s.max_events:
-            raise invalid(["events"], f"at most {s.max_events} events per request", "too_long")
-        now = time.time()
-        events = [
-            Interaction(
-                user_id=check_id(e.user_id, ["events", i, "user_id"], s.max_id_length),
-                item_id=check_id(e.item_id, ["events", i, "item_id"], s.max_id_length),
-                categories=check_categories(e.categories, ["events", i, "categories"], s),
-                label=int(e.label),
-                timestamp=e.timestamp if e.timestamp is not None else now,
-            )
-            for i, e in enumerate(body.events)
-        ]
-        # on the event loop, not in a thread: a thread here waits for the GIL behind the loop's CPU work
-        # at every socket call, and 1 in 100 appends took 200 ms at 8 connections (docs/benchmarks.md)
-        period = rt.store.append(events, s.history_length)
-        rt.metrics.interactions.inc(len(events))
-        answer = {"accepted": len(events), "period": period}
+        """Log impressions and clicks. A 2xx means every event is durably in the log.
+        (Served by :class:`HotRoutes`; declared here for the OpenAPI document.)"""
+        answer = await interactions_answer(runtime(request), await request.body())
         return Response(orjson.dumps(answer), status_code=202, media_type="application/json")
 
     @app.get("/healthz", response_model=Health, tags=["health"])
@@ -256,7 +266,11 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         return app.openapi_schema or {}
 
     app.openapi = openapi  # type: ignore[method-assign]
-    return app
+    hot: dict[str, tuple[Answer, int]] = {
+        "/v1/predict": (predict_answer, 200),
+        "/v1/interactions": (interactions_answer, 202),
+    }
+    return HotRoutes(app, hot, metrics, settings.max_body_bytes)
 
 
 def start_runtime(settings: Settings, store: Store, metrics: ServiceMetrics) -> Runtime:

@@ -19,6 +19,7 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
         max_items=5,
         max_history=7,
         max_events=4,
+        max_body_bytes=8192,
         max_id_length=16,
         max_categories=3,
     )
@@ -93,6 +94,15 @@ def test_integers_too_long_to_parse_are_a_422_that_does_not_echo_the_body(client
     assert response.status_code == 422
     [error] = response.json()["detail"]
     assert error["type"] == "json_invalid" and "out of range" in error["msg"] and error["input"] is None
+
+
+@pytest.mark.parametrize("path", ["/v1/predict", "/v1/interactions"])
+def test_oversized_bodies_are_refused_before_parsing(client: httpx.Client, path: str) -> None:
+    before = client.get("/admin/status", headers=AUTH).json()
+    body = '{"user_id": "' + "x" * 9000 + '"}'
+    response = client.post(path, content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 413 and "ASMG_MAX_BODY_BYTES" in response.json()["detail"]
+    assert client.get("/admin/status", headers=AUTH).json() == before
 
 
 def test_interaction_batches_have_limits(client: httpx.Client) -> None:
