@@ -75,14 +75,28 @@ class LocalStore(Store):
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
         self._closed = False
-        conn = self._conn()
-        conn.execute("PRAGMA journal_mode = WAL")  # persistent: set once, on the file
+        self._enable_wal(self._conn())
         with self._write() as conn:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
         self._swap_lock = threading.Lock()
         self._seen_swaps = self._swaps()
+
+    @staticmethod
+    def _enable_wal(conn: sqlite3.Connection) -> None:
+        # Persistent: set once, on the file. Switching needs an exclusive lock, for which SQLite
+        # does not wait: processes opening a new store together (the workers of `asmg serve`)
+        # get "database is locked" here, so wait and retry.
+        deadline = time.monotonic() + BUSY_SECONDS
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
 
     # -- connections and transactions ---------------------------------------------
 
