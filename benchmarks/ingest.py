@@ -26,16 +26,9 @@ import time
 from pathlib import Path
 
 import httpx
+from harness import free_port, start_server, wrk
 
-ROOT = Path(__file__).resolve().parent.parent
 BATCH = 100
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def start_redis(directory: Path, appendfsync: str) -> tuple[str, subprocess.Popen[bytes]]:
@@ -94,19 +87,6 @@ def direct_baseline(redis_url: str, batches: list[dict[str, object]], seconds: f
     return done * BATCH / elapsed
 
 
-def wrk(url: str, conc: int, seconds: int, bodies_path: Path, out: Path) -> dict[str, object]:
-    bench = Path(os.environ.get("ASMG_BENCH_DIR", ROOT.parent / "shared" / "bench"))
-    command = ["wrk", "-t1", f"-c{conc}", f"-d{seconds}s", "--timeout", "10s", "-s", str(bench / "load.lua")]
-    subprocess.run(
-        [*command, url, "--", str(bodies_path)],
-        env={**os.environ, "WRK_OUT": str(out)},
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    result: dict[str, object] = json.loads(out.read_text())
-    return result
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description="ingestion throughput of /v1/interactions into Redis")
     parser.add_argument("--workers", type=int, default=2)
@@ -130,15 +110,12 @@ def main() -> int:
             "ASMG_TRAINER_IN_PROCESS": "false",
             "ASMG_STATE_DIR": str(scratch / "state"),
         }
-        server = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], env=env, stderr=subprocess.DEVNULL)
-        base = f"http://127.0.0.1:{port}"
         try:
-            for _ in range(600):
-                try:
-                    if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.1)
+            server, base = start_server(env)
+        except RuntimeError:
+            redis_process.terminate()
+            raise
+        try:
             baseline = direct_baseline(redis_url, batches, args.duration)
             print(f"appendfsync {args.appendfsync}, batches of {BATCH} events, {args.workers} API process(es)")
             print(f"  baseline: RedisStore.append, one process, no HTTP   {baseline:10,.0f} events/s")
@@ -149,8 +126,8 @@ def main() -> int:
                     f"{base}/v1/interactions",
                     conc,
                     args.duration,
-                    bodies_path=scratch / "bodies.jsonl",
-                    out=scratch / f"wrk-{conc}.json",
+                    scratch / "bodies.jsonl",
+                    scratch / f"wrk-{conc}.json",
                 )
                 errors = result["errors"]
                 failed = sum(errors.values())  # type: ignore[attr-defined]

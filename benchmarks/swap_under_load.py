@@ -15,7 +15,6 @@ were served.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -25,9 +24,8 @@ import time
 from pathlib import Path
 
 import httpx
+from harness import BENCH, free_port, start_server, wrk
 
-ROOT = Path(__file__).resolve().parent.parent
-BENCH = Path(os.environ.get("ASMG_BENCH_DIR", ROOT.parent / "shared" / "bench"))
 MODEL = {
     "ASMG_EMBEDDING_DIM": "16",
     "ASMG_USER_BUCKETS": "50000",
@@ -36,14 +34,6 @@ MODEL = {
     "ASMG_HISTORY_LENGTH": "30",
     "ASMG_HIDDEN": "200,80",
 }
-
-
-def wrk(url: str, conc: int, seconds: int, bodies: Path, out: Path) -> dict[str, object]:
-    command = ["wrk", "-t1", f"-c{conc}", f"-d{seconds}s", "--timeout", "10s", "-s", str(BENCH / "load.lua")]
-    env = {**os.environ, "WRK_OUT": str(out)}
-    subprocess.run([*command, url, "--", str(bodies)], env=env, check=True, stdout=subprocess.DEVNULL)
-    result: dict[str, object] = json.loads(out.read_text())
-    return result
 
 
 def summary(name: str, result: dict[str, object]) -> tuple[float, str]:
@@ -92,7 +82,7 @@ def main() -> int:
         bodies = scratch / "bodies.jsonl"
         convert = [python, str(BENCH / "tools.py"), "convert", str(scratch / "data" / "bodies.jsonl"), str(bodies)]
         subprocess.run(convert, check=True, capture_output=True)
-        port = 18000 + os.getpid() % 1000
+        port = free_port()
         prefix = f"swapbench{os.getpid()}"
         env = {
             **os.environ,
@@ -103,16 +93,9 @@ def main() -> int:
             "ASMG_WORKERS": str(args.workers),
             "ASMG_TRAINER_IN_PROCESS": "false",
         }
-        server = subprocess.Popen([python, "-m", "app.cli", "serve"], env=env, stderr=subprocess.DEVNULL)
-        url = f"http://127.0.0.1:{port}"
+        server, url = start_server(env)
         published: list[int] = []
         try:
-            for _ in range(600):
-                try:
-                    if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.1)
             wrk(f"{url}/v1/predict", args.conc, 5, bodies, scratch / "warm.json")
             steady_p99, steady = summary(
                 "steady", wrk(f"{url}/v1/predict", args.conc, args.duration, bodies, scratch / "steady.json")
