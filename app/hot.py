@@ -29,6 +29,10 @@ log = logging.getLogger("asmg.api")
 
 Answer = Callable[[Any, bytes], Awaitable[dict[str, Any]]]
 
+# what a store outage raises, and what every route answers for it (503)
+STORE_ERRORS: tuple[type[Exception], ...] = (RedisError, sqlite3.Error)
+STORE_UNAVAILABLE = {"detail": "the store is unavailable; retry later"}
+
 
 class ClientGone(Exception):
     """The client disconnected before its body arrived."""
@@ -77,9 +81,9 @@ class HotRoutes:
             status, payload = 422, {"detail": jsonable_encoder(exc.errors())}
         except HTTPException as exc:
             status, payload = exc.status_code, {"detail": exc.detail}
-        except (RedisError, sqlite3.Error) as exc:
+        except STORE_ERRORS as exc:
             log.error("store error on %s: %s", scope["path"], exc)
-            status, payload = 503, {"detail": "the store is unavailable; retry later"}
+            status, payload = 503, STORE_UNAVAILABLE
         except Exception:
             log.exception("error on %s", scope["path"])
             status, payload = 500, {"detail": "Internal Server Error"}

@@ -8,7 +8,6 @@ schedule as background threads.
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -24,11 +23,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
-from redis.exceptions import RedisError
 
 from app.admin import admin_router
 from app.batching import MicroBatcher, NoModelError
-from app.hot import Answer, HotRoutes
+from app.hot import STORE_ERRORS, STORE_UNAVAILABLE, Answer, HotRoutes
 from app.metrics import RequestMetrics, ServiceMetrics
 from app.schemas import (
     Health,
@@ -198,11 +196,12 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         rt: Runtime = request.app.state.runtime
         return rt
 
-    @app.exception_handler(RedisError)
-    @app.exception_handler(sqlite3.Error)
     async def store_unavailable(request: Request, exc: Exception) -> JSONResponse:
         log.error("store error on %s: %s", request.url.path, exc)
-        return JSONResponse({"detail": "the store is unavailable; retry later"}, status_code=503)
+        return JSONResponse(STORE_UNAVAILABLE, status_code=503)
+
+    for error in STORE_ERRORS:
+        app.add_exception_handler(error, store_unavailable)
 
     @app.post(
         "/v1/predict",

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 import torch
 
 from app.demo import running_server
@@ -240,3 +241,24 @@ def test_scheduled_rollover_closes_and_trains_periods(tmp_path: Path) -> None:
         status = client.get("/admin/status", headers=AUTH).json()
         # with no new traffic the schedule skips empty periods instead of closing them
         assert status["open_period"] == 2 and status["open_period_events"] == 0
+
+
+def test_a_store_outage_is_a_503_on_every_route(redis_url: str, tmp_path: Path) -> None:
+    settings = small_settings(tmp_path / "state", redis_url, trainer_in_process=False)
+    admin = redis.Redis.from_url(redis_url)
+    with running_server(settings) as url, httpx.Client(base_url=url, timeout=30) as client:
+        probe = {"user_id": "u", "items": [{"item_id": "i"}]}  # no history: the store is asked for one
+        assert client.post("/v1/predict", json=probe).status_code == 200
+        # every new connection now fails authentication, and the open ones are dropped
+        admin.config_set("requirepass", "outage")
+        try:
+            admin.client_kill_filter(_type="normal", skipme=True)
+            answers = [
+                client.post("/v1/predict", json=probe),
+                client.post("/v1/interactions", json={"events": [{"user_id": "u", "item_id": "i", "label": 1}]}),
+                client.get("/admin/status", headers=AUTH),
+            ]
+        finally:
+            admin.config_set("requirepass", "")
+    assert [a.status_code for a in answers] == [503, 503, 503]
+    assert {a.json()["detail"] for a in answers} == {"the store is unavailable; retry later"}
