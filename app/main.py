@@ -55,13 +55,17 @@ class Runtime:
     settings: Settings
     store: Store
     holder: ModelHolder
-    model_config: ModelConfig
     batcher: MicroBatcher
     metrics: ServiceMetrics
     watcher: SwapWatcher
     stop: threading.Event = field(default_factory=threading.Event)
     threads: list[threading.Thread] = field(default_factory=list)
     scheduler: BackgroundScheduler | None = None
+
+    @property
+    def model_config(self) -> ModelConfig:
+        """The shapes every served version has (the watcher refuses others)."""
+        return self.watcher.config
 
 
 Body = TypeVar("Body", bound=BaseModel)
@@ -290,7 +294,7 @@ def start_runtime(settings: Settings, store: Store, metrics: ServiceMetrics) -> 
         on_failure=lambda version, reason: metrics.load_failures.inc(),
     )
     batcher = MicroBatcher(holder, settings.batch_max_items, settings.batch_wait_ms / 1000)
-    rt = Runtime(settings, store, holder, watcher.config, batcher, metrics, watcher)
+    rt = Runtime(settings, store, holder, batcher, metrics, watcher)
     if settings.admin_token is None:
         log.warning("ASMG_ADMIN_TOKEN is not set: /admin is open (development only)")
     ensure_initial_model(store, settings)
