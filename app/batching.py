@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 
-from app.serving import Encoded, ModelHolder, ServedModel
+from app.encoding import Encoded
+from app.serving import ModelHolder, ServedModel
 
 
 class NoModelError(RuntimeError):

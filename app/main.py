@@ -7,25 +7,26 @@ schedule as background threads.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 import torch
 from apscheduler.schedulers.background import BackgroundScheduler
 from fastapi import FastAPI, HTTPException, Request, Response
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from app.admin import admin_router
 from app.batching import MicroBatcher, NoModelError
+from app.encoding import Encoded, RequestEncoder, read_predict
 from app.hot import STORE_ERRORS, STORE_UNAVAILABLE, Answer, HotRoutes
 from app.metrics import RequestMetrics, ServiceMetrics
 from app.schemas import (
@@ -37,12 +38,13 @@ from app.schemas import (
     Problem,
     Ready,
 )
-from app.serving import ModelHolder, ServedModel, SwapWatcher, encode_request
+from app.serving import ModelHolder, ServedModel, SwapWatcher
+from app.validation import check_categories, check_id, invalid, parse_body
 from trainer.config import ModelConfig
 from trainer.schedule import start_rollover_schedule
 from trainer.settings import Settings
 from trainer.store import open_store
-from trainer.store.base import Click, Interaction, Store
+from trainer.store.base import Interaction, Store
 from trainer.worker import PeriodTrainer, ensure_initial_model, run_trainer
 
 log = logging.getLogger("asmg.api")
@@ -56,6 +58,7 @@ class Runtime:
     store: Store
     holder: ModelHolder
     batcher: MicroBatcher
+    encoder: RequestEncoder
     metrics: ServiceMetrics
     watcher: SwapWatcher
     stop: threading.Event = field(default_factory=threading.Event)
@@ -68,23 +71,6 @@ class Runtime:
         return self.watcher.config
 
 
-Body = TypeVar("Body", bound=BaseModel)
-
-
-def parse_body(raw: bytes, model: type[Body]) -> Body:
-    """The JSON body as ``model``, parsed and validated in one pass (pydantic's
-    own JSON parser: no intermediate Python dicts); errors are FastAPI's 422."""
-    try:
-        return model.model_validate_json(raw)
-    except ValidationError as exc:
-        errors = [
-            # an unparsable body is not echoed back whole
-            {**e, "loc": ("body", *e["loc"]), **({"input": None} if not e["loc"] else {})}
-            for e in exc.errors(include_url=False)
-        ]
-        raise RequestValidationError(errors) from None
-
-
 def json_body(model: type[BaseModel]) -> dict[str, Any]:
     """OpenAPI for a route that reads its body with :func:`parse_body`."""
     return {
@@ -95,52 +81,26 @@ def json_body(model: type[BaseModel]) -> dict[str, Any]:
     }
 
 
-def invalid(loc: Sequence[str | int], message: str, kind: str = "value_error") -> RequestValidationError:
-    """A 422 shaped like FastAPI's own, naming the offending field."""
-    return RequestValidationError([{"type": kind, "loc": ("body", *loc), "msg": message, "input": None}])
-
-
-def check_id(value: str | int, loc: Sequence[str | int], limit: int) -> str:
-    if isinstance(value, int) and value.bit_length() > 4 * limit:  # str() of a huge int is slow, then refused
-        raise invalid(loc, f"ids must be 1 to {limit} characters long", "string_too_long")
-    text = str(value)
-    if not text or len(text) > limit:
-        raise invalid(
-            loc, f"ids must be 1 to {limit} characters long", "string_too_long" if text else "string_too_short"
-        )
-    return text
-
-
-def check_categories(values: list[str | int], loc: Sequence[str | int], settings: Settings) -> tuple[str, ...]:
-    if len(values) > settings.max_categories:
-        raise invalid(loc, f"at most {settings.max_categories} categories per item", "too_long")
-    return tuple(check_id(c, (*loc, i), settings.max_id_length) for i, c in enumerate(values))
+def encode_predict(rt: Runtime, raw: bytes) -> Encoded:
+    """A ``/v1/predict`` body as model rows. Kept apart from the await on the
+    batcher so that nothing of the parsed body lives on while the request
+    waits: objects that outlive a collection pile up for the slow ones."""
+    query = read_predict(raw)
+    user, candidates = rt.encoder.candidates(query)
+    if query.history is not None:
+        history = rt.encoder.client_history(query.history)
+    elif rt.model_config.history_length and rt.holder.current is not None:
+        clicks = rt.store.recent_clicks(str(query.user_id), rt.model_config.history_length)
+        history = rt.encoder.logged_history(clicks)
+    else:
+        history = []
+    return rt.encoder.encode(user, candidates, history)
 
 
 async def predict_answer(rt: Runtime, raw: bytes) -> dict[str, Any]:
     """The body of a ``/v1/predict`` answer."""
-    s = rt.settings
-    body = parse_body(raw, PredictRequest)
-    if len(body.items) > s.max_items:
-        raise invalid(["items"], f"at most {s.max_items} items per request", "too_long")
-    user = check_id(body.user_id, ["user_id"], s.max_id_length)
-    items = [
-        (
-            check_id(c.item_id, ["items", i, "item_id"], s.max_id_length),
-            check_categories(c.categories, ["items", i, "categories"], s),
-        )
-        for i, c in enumerate(body.items)
-    ]
-    if body.history is not None:
-        if len(body.history) > s.max_history:
-            raise invalid(["history"], f"at most {s.max_history} history items per request", "too_long")
-        history = [Click(check_id(h, ["history", i], s.max_id_length), ()) for i, h in enumerate(body.history)]
-    elif rt.model_config.history_length and rt.holder.current is not None:
-        history = rt.store.recent_clicks(user, rt.model_config.history_length)
-    else:
-        history = []
     try:
-        scores, model = await rt.batcher.score(encode_request(rt.model_config, user, items, history))
+        scores, model = await rt.batcher.score(encode_predict(rt, raw))
     except NoModelError:
         raise HTTPException(503, "no model is loaded yet") from None
     rt.metrics.items_scored.inc(len(scores))
@@ -180,6 +140,10 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         torch.set_num_threads(settings.torch_threads)
         runtime = start_runtime(settings, store or open_store(settings), app.state.metrics)
         app.state.runtime = runtime
+        # Every object alive now (modules, the model) lives as long as the process: out of the
+        # collector's sight, a full collection scans only what requests left behind; it took
+        # 250-330 ms with them, a stall of every request waiting (docs/benchmarks.md).
+        gc.freeze()
         try:
             yield
         finally:
@@ -294,7 +258,7 @@ def start_runtime(settings: Settings, store: Store, metrics: ServiceMetrics) -> 
         on_failure=lambda version, reason: metrics.load_failures.inc(),
     )
     batcher = MicroBatcher(holder, settings.batch_max_items, settings.batch_wait_ms / 1000)
-    rt = Runtime(settings, store, holder, batcher, metrics, watcher)
+    rt = Runtime(settings, store, holder, batcher, RequestEncoder(watcher.config, settings), metrics, watcher)
     if settings.admin_token is None:
         log.warning("ASMG_ADMIN_TOKEN is not set: /admin is open (development only)")
     ensure_initial_model(store, settings)

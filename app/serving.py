@@ -12,43 +12,17 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 
+import numpy as np
 import torch
 
+from app.encoding import Encoded
 from trainer.config import ModelConfig
-from trainer.features import ItemRef, history_rows, item_ref, item_rows, user_row
 from trainer.model import Params, request_logits
-from trainer.store.base import Click, Store, VersionInfo
+from trainer.store.base import Store, VersionInfo
 from trainer.worker import ModelLoadError, verified_params
 
 log = logging.getLogger("asmg.serving")
-
-
-@dataclass(frozen=True)
-class Encoded:
-    """A scoring request as model rows: the user, the candidates, the history (oldest first)."""
-
-    user: int
-    items: list[ItemRef]
-    history: list[ItemRef]
-
-
-# popular items come back in every request: one lookup instead of one hash per id and category
-_cached_item_ref = lru_cache(maxsize=1 << 18)(item_ref)
-
-
-def encode_request(
-    config: ModelConfig, user_id: str, items: Sequence[tuple[str, tuple[str, ...]]], history: Sequence[Click]
-) -> Encoded:
-    """One request's ids → model rows. Hashing depends on the config alone, which
-    every version of a service shares, so it happens before a version is picked."""
-    recent = history[-config.history_length :] if config.history_length else []
-    return Encoded(
-        user_row(user_id, config),
-        [_cached_item_ref(item, cats, config) for item, cats in items],
-        [_cached_item_ref(c.item_id, c.categories, config) for c in recent],
-    )
 
 
 @dataclass(frozen=True)
@@ -68,18 +42,32 @@ class ServedModel:
     @torch.inference_mode()
     def score(self, requests: Sequence[Encoded]) -> list[list[float]]:
         """Click probabilities for several requests in one forward pass."""
-        config = self.config
-        items, item_cats = item_rows([ref for r in requests for ref in r.items])
-        hist_items, hist_cats = history_rows([r.history for r in requests], config.history_length)
-        owner = torch.repeat_interleave(torch.tensor([len(r.items) for r in requests]))
-        users = torch.tensor([r.user for r in requests])
-        out = request_logits(self.params, users, hist_items, hist_cats, items, item_cats, owner, config.n_layers)
+        sizes = [len(r.items) for r in requests]
+        out = request_logits(
+            self.params,
+            torch.tensor([r.user for r in requests]),
+            torch.from_numpy(np.stack([r.history for r in requests])),
+            torch.from_numpy(_stacked([r.history_cats for r in requests], np.stack)),
+            torch.from_numpy(np.concatenate([r.items for r in requests])),
+            torch.from_numpy(_stacked([r.item_cats for r in requests], np.concatenate)),
+            torch.from_numpy(np.repeat(np.arange(len(requests)), sizes)),
+            self.config.n_layers,
+        )
         probabilities: list[float] = torch.sigmoid(out).tolist()
         scores, start = [], 0
-        for r in requests:
-            scores.append(probabilities[start : start + len(r.items)])
-            start += len(r.items)
+        for size in sizes:
+            scores.append(probabilities[start : start + size])
+            start += size
         return scores
+
+
+def _stacked(tables: list[np.ndarray], join: Callable[[list[np.ndarray]], np.ndarray]) -> np.ndarray:
+    """Category tables joined, each first padded with -1 to the widest's width."""
+    width = max(t.shape[-1] for t in tables)
+    if any(t.shape[-1] != width for t in tables):
+        lead = [(0, 0)] * (tables[0].ndim - 1)
+        tables = [np.pad(t, [*lead, (0, width - t.shape[-1])], constant_values=-1) for t in tables]
+    return join(tables)
 
 
 class ModelHolder:

@@ -8,9 +8,11 @@ import pytest
 import torch
 
 from app.batching import MicroBatcher, NoModelError
-from app.serving import Encoded, ModelHolder, ServedModel, encode_request
+from app.encoding import Encoded, PredictQuery, RequestEncoder
+from app.serving import ModelHolder, ServedModel
 from trainer.config import ModelConfig
 from trainer.model import EmbMLP
+from trainer.settings import Settings
 from trainer.store.base import Click, VersionInfo
 
 CONFIG = ModelConfig(user_buckets=256, item_buckets=256, category_buckets=16, history_length=5, hidden=(8, 4))
@@ -22,9 +24,11 @@ def served(seed: int, version: int) -> ServedModel:
 
 
 def request(user: str, n_items: int, clicks: int) -> Encoded:
-    items = [(f"{user}-i{k}", (f"c{k % 3}",)) for k in range(n_items)]
-    history = [Click(f"h{k}", ("c1",)) for k in range(clicks)]
-    return encode_request(CONFIG, user, items, history)
+    encoder = RequestEncoder(CONFIG, Settings())
+    row, candidates = encoder.candidates(
+        PredictQuery(user, [(f"{user}-i{k}", f"c{k % 3}") for k in range(n_items)], None)
+    )
+    return encoder.encode(row, candidates, encoder.logged_history([Click(f"h{k}", ("c1",)) for k in range(clicks)]))
 
 
 class CountingModel(ServedModel):

@@ -1,0 +1,133 @@
+"""The quick read of /v1/predict bodies accepts exactly what pydantic accepts,
+reads it the same, and its row cache gives the rows hashing gives."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import orjson
+import pytest
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+
+from app import encoding
+from app.encoding import PredictQuery, RequestEncoder, _quick_query, read_predict
+from app.schemas import PredictRequest
+from trainer.config import ModelConfig
+from trainer.features import hash_id, user_row
+from trainer.settings import Settings
+from trainer.store.base import Click
+
+CONFIG = ModelConfig(user_buckets=512, item_buckets=512, category_buckets=32, history_length=4, hidden=(8,))
+VALID: dict[str, Any] = {
+    "user_id": "u1",
+    "items": [{"item_id": "i1", "categories": ["c1", 7]}, {"item_id": 2}, {"item_id": "i3", "categories": []}],
+    "history": ["h1", 5],
+}
+BAD_VALUES: list[Any] = [None, True, 1.5, [], {}, "", 0]
+
+
+def variants() -> list[Any]:
+    """VALID with each field, in turn, given each kind of value, removed, or joined by another."""
+    out: list[Any] = [VALID, [VALID], "x", 3, None]
+    paths: list[tuple[Any, ...]] = [
+        ("user_id",),
+        ("items",),
+        ("history",),
+        ("items", 0),
+        ("items", 0, "item_id"),
+        ("items", 0, "categories"),
+        ("items", 0, "categories", 1),
+        ("history", 1),
+    ]
+    for path in paths:
+        for value in [*BAD_VALUES, "ok", ["a"], [1, "b"], [{"item_id": 1}]]:
+            body = copy.deepcopy(VALID)
+            target = body
+            for step in path[:-1]:
+                target = target[step]
+            target[path[-1]] = value
+            out.append(body)
+        body = copy.deepcopy(VALID)
+        target = body
+        for step in path[:-1]:
+            target = target[step]
+        del target[path[-1]]
+        out.append(body)
+    for extra in ({"extra": 1}, {"items": [{"item_id": 1, "score": 2}]}):
+        out.append({**VALID, **extra})
+    return out
+
+
+def pydantic_query(raw: bytes) -> PredictQuery | None:
+    try:
+        body = PredictRequest.model_validate_json(raw)
+    except ValidationError:
+        return None
+    return PredictQuery(body.user_id, [(c.item_id, *c.categories) for c in body.items], body.history)
+
+
+@pytest.mark.parametrize("body", variants(), ids=lambda b: orjson.dumps(b).decode()[:80])
+def test_the_quick_read_accepts_what_pydantic_accepts_and_reads_it_the_same(body: Any) -> None:
+    raw = orjson.dumps(body)
+    quick = _quick_query(orjson.loads(raw))
+    expected = pydantic_query(raw)
+    if quick is not None:  # it may pass a body on to pydantic, but never accept one pydantic refuses
+        assert quick == expected
+    if expected is None:
+        with pytest.raises(RequestValidationError):
+            read_predict(raw)
+    else:
+        assert read_predict(raw) == expected
+
+
+def test_well_formed_bodies_take_the_quick_read() -> None:
+    assert _quick_query(VALID) is not None
+    assert _quick_query({"user_id": 3, "items": [{"item_id": 1}]}) is not None
+
+
+def test_an_integer_only_pydantic_can_read_is_still_read() -> None:
+    raw = b'{"user_id": 123456789012345678901234567890, "items": [{"item_id": 1}]}'
+    assert read_predict(raw).user_id == 123456789012345678901234567890
+
+
+def test_rows_are_the_hashed_ids_and_an_integer_id_is_its_string() -> None:
+    encoder = RequestEncoder(CONFIG, Settings())
+    user, (items, cats) = encoder.candidates(read_predict(orjson.dumps(VALID)))
+    assert user == user_row("u1", CONFIG)
+    assert items.tolist() == [hash_id(i, CONFIG.item_buckets, "item") for i in ("i1", "2", "i3")]
+    c1, c7 = (hash_id(c, CONFIG.category_buckets, "cat") for c in ("c1", "7"))
+    assert cats.tolist() == [[c1, c7], [-1, -1], [-1, -1]]
+    again = encoder.candidates(read_predict(orjson.dumps({**VALID, "user_id": "u1"})))[1]
+    assert again[0].tolist() == items.tolist() and again[1].tolist() == cats.tolist()
+
+
+def test_histories_keep_the_newest_ids_right_aligned() -> None:
+    encoder = RequestEncoder(CONFIG, Settings())
+    item = hash_id("i1", CONFIG.item_buckets, "item")
+    sent = encoder.encode(0, encoder.candidates(read_predict(orjson.dumps(VALID)))[1], encoder.client_history(["a"]))
+    assert sent.history.tolist() == [-1, -1, -1, hash_id("a", CONFIG.item_buckets, "item")]
+    clicks = [Click(f"x{k}", ()) for k in range(5)] + [Click("i1", ("c1",))]
+    logged = encoder.encode(0, (sent.items, sent.item_cats), encoder.logged_history(clicks))
+    assert logged.history.tolist()[-1] == item
+    assert logged.history.tolist()[0] == hash_id("x2", CONFIG.item_buckets, "item")
+    assert logged.history_cats.tolist()[-1] == [hash_id("c1", CONFIG.category_buckets, "cat")]
+
+
+def test_an_id_over_the_limit_is_refused_every_time_not_cached(monkeypatch: pytest.MonkeyPatch) -> None:
+    encoder = RequestEncoder(CONFIG, Settings(max_id_length=4))
+    body = orjson.dumps({"user_id": "u", "items": [{"item_id": "ok"}, {"item_id": "toolong"}]})
+    for _ in range(2):
+        with pytest.raises(RequestValidationError) as caught:
+            encoder.candidates(read_predict(body))
+        assert caught.value.errors()[0]["loc"] == ("body", "items", 1, "item_id")
+
+
+def test_the_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(encoding, "CACHE_SIZE", 3)
+    encoder = RequestEncoder(CONFIG, Settings())
+    for k in range(10):
+        _, (items, _) = encoder.candidates(PredictQuery("u", [(f"i{k}",)], None))
+        assert items.tolist() == [hash_id(f"i{k}", CONFIG.item_buckets, "item")]
+        assert len(encoder._rows) <= 3
