@@ -90,11 +90,10 @@ def encode_predict(rt: Runtime, raw: bytes) -> Encoded:
     if query.history is not None:
         history = rt.encoder.client_history(query.history)
     elif rt.model_config.history_length and rt.holder.current is not None:
-        clicks = rt.store.recent_clicks(str(query.user_id), rt.model_config.history_length)
-        history = rt.encoder.logged_history(clicks)
+        history = rt.encoder.logged_history(rt.store.recent_clicks(str(query.user_id), rt.model_config.history_length))
     else:
-        history = []
-    return rt.encoder.encode(user, candidates, history)
+        history = rt.encoder.logged_history([])
+    return Encoded(user, *candidates, *history)
 
 
 async def predict_answer(rt: Runtime, raw: bytes) -> dict[str, Any]:

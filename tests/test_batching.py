@@ -25,10 +25,11 @@ def served(seed: int, version: int) -> ServedModel:
 
 def request(user: str, n_items: int, clicks: int) -> Encoded:
     encoder = RequestEncoder(CONFIG, Settings())
-    row, candidates = encoder.candidates(
-        PredictQuery(user, [(f"{user}-i{k}", f"c{k % 3}") for k in range(n_items)], None)
-    )
-    return encoder.encode(row, candidates, encoder.logged_history([Click(f"h{k}", ("c1",)) for k in range(clicks)]))
+    # a request with two categories on every other item, as wide as the other requests or wider
+    keys = [(f"{user}-i{k}", *[f"c{c}" for c in range(k % 3)]) for k in range(n_items)]
+    row, candidates = encoder.candidates(PredictQuery(user, keys, None))
+    history = encoder.logged_history([Click(f"h{k}", ("c1",)) for k in range(clicks)])
+    return Encoded(row, *candidates, *history)
 
 
 class CountingModel(ServedModel):

@@ -55,7 +55,12 @@ def variants() -> list[Any]:
             target = target[step]
         del target[path[-1]]
         out.append(body)
-    for extra in ({"extra": 1}, {"items": [{"item_id": 1, "score": 2}]}):
+    for extra in (
+        {"extra": 1},
+        {"items": [{"item_id": 1, "score": 2}]},
+        {"items": [{"item_id": 1, "categories": [], "score": 2}]},
+        {"items": [{"categories": ["c"]}]},
+    ):
         out.append({**VALID, **extra})
     return out
 
@@ -105,14 +110,15 @@ def test_rows_are_the_hashed_ids_and_an_integer_id_is_its_string() -> None:
 
 def test_histories_keep_the_newest_ids_right_aligned() -> None:
     encoder = RequestEncoder(CONFIG, Settings())
-    item = hash_id("i1", CONFIG.item_buckets, "item")
-    sent = encoder.encode(0, encoder.candidates(read_predict(orjson.dumps(VALID)))[1], encoder.client_history(["a"]))
-    assert sent.history.tolist() == [-1, -1, -1, hash_id("a", CONFIG.item_buckets, "item")]
-    clicks = [Click(f"x{k}", ()) for k in range(5)] + [Click("i1", ("c1",))]
-    logged = encoder.encode(0, (sent.items, sent.item_cats), encoder.logged_history(clicks))
-    assert logged.history.tolist()[-1] == item
-    assert logged.history.tolist()[0] == hash_id("x2", CONFIG.item_buckets, "item")
-    assert logged.history_cats.tolist()[-1] == [hash_id("c1", CONFIG.category_buckets, "cat")]
+    sent, sent_cats = encoder.client_history(["a"])
+    assert sent.tolist() == [-1, -1, -1, hash_id("a", CONFIG.item_buckets, "item")]
+    assert sent_cats.tolist() == [[-1]] * 4
+    clicks = [Click(f"x{k}", ()) for k in range(5)] + [Click("i1", ("c1", "c2"))]
+    logged, logged_cats = encoder.logged_history(clicks)
+    assert logged.tolist() == [hash_id(i, CONFIG.item_buckets, "item") for i in ("x2", "x3", "x4", "i1")]
+    assert logged_cats.tolist()[-1] == [hash_id(c, CONFIG.category_buckets, "cat") for c in ("c1", "c2")]
+    assert logged_cats.tolist()[0] == [-1, -1]
+    assert encoder.logged_history([])[0].tolist() == [-1] * 4
 
 
 def test_an_id_over_the_limit_is_refused_every_time_not_cached(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -130,4 +136,4 @@ def test_the_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     for k in range(10):
         _, (items, _) = encoder.candidates(PredictQuery("u", [(f"i{k}",)], None))
         assert items.tolist() == [hash_id(f"i{k}", CONFIG.item_buckets, "item")]
-        assert len(encoder._rows) <= 3
+        assert len(encoder._slots) <= 3

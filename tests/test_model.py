@@ -17,7 +17,7 @@ from trainer.features import (
     history_rows,
     item_rows,
 )
-from trainer.model import EmbMLP, checkpoint_bytes, load_checkpoint, logits, request_logits
+from trainer.model import EmbMLP, _category_means, checkpoint_bytes, load_checkpoint, logits, request_logits
 
 
 def one_example(user: int, item: int, cats: list[int], hist: list[int], hist_cats: list[list[int]]) -> Examples:
@@ -105,3 +105,16 @@ def test_requests_scored_together_score_as_their_rows_would(small_config: ModelC
         params, torch.tensor(users), hist_items, hist_cats, items, item_cats, owner, config.n_layers
     )
     torch.testing.assert_close(together, logits(params, rows, config.n_layers))
+
+
+def test_one_category_column_means_the_same_as_a_padded_one() -> None:
+    torch.manual_seed(0)
+    table = torch.randn(10, 4, requires_grad=True)
+    cats = torch.tensor([[3], [-1], [9], [0]])
+    padded = torch.cat([cats, torch.full_like(cats, -1)], dim=1)  # the general path, with -1 padding
+    one, general = _category_means(table, cats), _category_means(table, padded)
+    torch.testing.assert_close(one, general)
+    assert one[1].abs().sum() == 0  # no category: zeros
+    (grad_one,) = torch.autograd.grad(one.sum(), table)
+    (grad_general,) = torch.autograd.grad(general.sum(), table)
+    torch.testing.assert_close(grad_one, grad_general)

