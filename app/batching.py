@@ -1,11 +1,13 @@
 """Requests that arrive together are scored together, in one forward pass.
 
 Each request's handler encodes it, queues it and waits. The first request
-into an empty queue schedules a flush for the event loop's next turn (or
-after ``max_wait`` seconds if that is set), so every request whose bytes
-arrived in the same turn joins the batch: under load batches form by
-themselves, and a lone request waits for nothing. A flush reads the served
-model once, so every request of a batch is answered by one version.
+into an empty queue opens a batch, which is scored ``turns`` turns of the
+event loop later (or after ``max_wait`` seconds if that is set), or at once
+when it holds ``max_items`` candidates. Each turn reads whatever requests
+have arrived on every connection, so under load batches form by themselves;
+a lone request waits for a few empty turns, tens of microseconds, and no
+timer. A flush reads the served model once, so every request of a batch is
+answered by one version.
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ class NoModelError(RuntimeError):
 
 
 class MicroBatcher:
-    def __init__(self, holder: ModelHolder, max_items: int, max_wait: float = 0.0) -> None:
+    def __init__(self, holder: ModelHolder, max_items: int, max_wait: float = 0.0, turns: int = 0) -> None:
         self.holder = holder
         self.max_items = max_items
         self.max_wait = max_wait
+        self.turns = turns
+        self._turns_left = turns
         self._pending: list[tuple[Encoded, asyncio.Future[tuple[list[float], ServedModel]]]] = []
         self._pending_items = 0
         self._flush_handle: asyncio.Handle | None = None
@@ -42,8 +46,16 @@ class MicroBatcher:
             if self.max_wait > 0:
                 self._flush_handle = loop.call_later(self.max_wait, self._flush)
             else:
-                self._flush_handle = loop.call_soon(self._flush)
+                self._turns_left = self.turns
+                self._flush_handle = loop.call_soon(self._turn)
         return await future
+
+    def _turn(self) -> None:
+        if self._turns_left > 0:
+            self._turns_left -= 1
+            self._flush_handle = asyncio.get_running_loop().call_soon(self._turn)
+        else:
+            self._flush()
 
     def _cancel_flush(self) -> None:
         if self._flush_handle is not None:

@@ -256,7 +256,7 @@ def start_runtime(settings: Settings, store: Store, metrics: ServiceMetrics) -> 
         on_swap=swapped,
         on_failure=lambda version, reason: metrics.load_failures.inc(),
     )
-    batcher = MicroBatcher(holder, settings.batch_max_items, settings.batch_wait_ms / 1000)
+    batcher = MicroBatcher(holder, settings.batch_max_items, settings.batch_wait_ms / 1000, settings.batch_turns)
     rt = Runtime(settings, store, holder, batcher, RequestEncoder(watcher.config, settings), metrics, watcher)
     if settings.admin_token is None:
         log.warning("ASMG_ADMIN_TOKEN is not set: /admin is open (development only)")

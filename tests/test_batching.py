@@ -92,6 +92,25 @@ def test_a_lone_request_waits_for_nothing_and_a_wait_gathers_stragglers() -> Non
     assert model.batches == [2]  # type: ignore[attr-defined]
 
 
+def test_a_batch_stays_open_for_its_turns_of_the_loop() -> None:
+    holder = ModelHolder()
+    model = counting(0, 1)
+    holder.swap(model)
+
+    async def two_turns_apart(batcher: MicroBatcher) -> None:
+        first = asyncio.create_task(batcher.score(request("a", 2, 0)))
+        for _ in range(3):  # first's task starts, then two more turns of the loop
+            await asyncio.sleep(0)
+        second = asyncio.create_task(batcher.score(request("b", 2, 0)))
+        await asyncio.gather(first, second)
+
+    asyncio.run(two_turns_apart(MicroBatcher(holder, max_items=100, turns=0)))
+    assert model.batches == [1, 1]  # type: ignore[attr-defined]
+    model.batches.clear()  # type: ignore[attr-defined]
+    asyncio.run(two_turns_apart(MicroBatcher(holder, max_items=100, turns=4)))
+    assert model.batches == [2]  # type: ignore[attr-defined]
+
+
 def test_one_batch_is_answered_by_one_version_even_across_a_swap() -> None:
     holder = ModelHolder()
     old, new = served(0, 1), served(1, 2)

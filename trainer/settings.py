@@ -45,16 +45,22 @@ class Settings(BaseSettings):
     swap_poll_seconds: float = Field(5.0, gt=0, description="How often a replica re-checks the serving pointer.")
     torch_threads: int = Field(1, ge=1, description="Torch intra-op threads per process.")
     batch_max_items: int = Field(
-        1,
+        4096,
         ge=1,
-        description="A batch of concurrent predict requests is scored at once when it holds this many "
-        "candidates; 1 (the default) scores each request alone: batching measured slower, see docs/benchmarks.md.",
+        description="Concurrent predict requests are scored together, in one forward pass, up to this many "
+        "candidates a batch; 1 scores each request alone.",
+    )
+    batch_turns: int = Field(
+        4,
+        ge=0,
+        description="Turns of the event loop a batch stays open for requests arriving on other connections "
+        "before it is scored (each turn reads every connection; a lone request loses tens of microseconds).",
     )
     batch_wait_ms: float = Field(
         0.0,
         ge=0,
-        description="How long a request waits for others to join its batch. 0: only requests that "
-        "arrive together are batched, and a lone request never waits.",
+        description="If above 0, a batch stays open this long instead of for ASMG_BATCH_TURNS turns: "
+        "measured slower (docs/benchmarks.md).",
     )
 
     # -- the model -----------------------------------------------------------------
