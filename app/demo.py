@@ -22,6 +22,7 @@ import httpx
 import uvicorn
 
 from app.main import create_app
+from app.transport import CoalescingHttpProtocol
 from trainer.events import EventTable
 from trainer.settings import Settings
 from trainer.synthetic import synthetic_events
@@ -32,7 +33,14 @@ BATCH = 500
 @contextmanager
 def running_server(settings: Settings, port: int = 0) -> Iterator[str]:
     """Serve ``create_app(settings)`` from a thread; yields its base URL."""
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    config = uvicorn.Config(
+        create_app(settings),
+        host="127.0.0.1",
+        port=port,
+        http=CoalescingHttpProtocol,
+        log_level="warning",
+        lifespan="on",
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
     thread.start()

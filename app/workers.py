@@ -39,12 +39,13 @@ def serve_one(settings: Settings, index: int = 0) -> None:
     import uvicorn
 
     from app.main import create_app
+    from app.transport import CoalescingHttpProtocol
 
     logging.getLogger("asmg").setLevel(logging.INFO)
     if index > 0:
         settings = settings.model_copy(update={"trainer_in_process": False})
     sock = listening_socket(settings.host, settings.port)
-    config = uvicorn.Config(create_app(settings), log_level="info", access_log=False)
+    config = uvicorn.Config(create_app(settings), http=CoalescingHttpProtocol, log_level="info", access_log=False)
     uvicorn.Server(config).run(sockets=[sock])
 
 
