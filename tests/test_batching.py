@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 import torch
@@ -74,41 +76,39 @@ def test_a_full_batch_is_scored_without_waiting_for_the_rest() -> None:
     assert model.batches == [2, 2, 1]  # type: ignore[attr-defined]
 
 
-def test_a_lone_request_waits_for_nothing_and_a_wait_gathers_stragglers() -> None:
+def batches_of_two_requests(pause: Callable[[], Awaitable[None]], **batcher: Any) -> list[int]:
+    """The forward passes' sizes when a second request follows the first after ``pause``."""
     holder = ModelHolder()
     model = counting(0, 1)
     holder.swap(model)
 
     async def staggered(batcher: MicroBatcher) -> None:
         first = asyncio.create_task(batcher.score(request("a", 2, 0)))
-        await asyncio.sleep(0.001)
+        await pause()
         second = asyncio.create_task(batcher.score(request("b", 2, 0)))
         await asyncio.gather(first, second)
 
-    asyncio.run(staggered(MicroBatcher(holder, max_items=100)))
-    assert model.batches == [1, 1]  # type: ignore[attr-defined]
-    model.batches.clear()  # type: ignore[attr-defined]
-    asyncio.run(staggered(MicroBatcher(holder, max_items=100, max_wait=0.5)))
-    assert model.batches == [2]  # type: ignore[attr-defined]
+    asyncio.run(staggered(MicroBatcher(holder, max_items=100, **batcher)))
+    return model.batches  # type: ignore[attr-defined,no-any-return]
+
+
+async def a_millisecond() -> None:
+    await asyncio.sleep(0.001)
+
+
+async def three_turns() -> None:
+    for _ in range(3):  # first's task starts, then two more turns of the loop
+        await asyncio.sleep(0)
+
+
+def test_a_lone_request_waits_for_nothing_and_a_wait_gathers_stragglers() -> None:
+    assert batches_of_two_requests(a_millisecond) == [1, 1]
+    assert batches_of_two_requests(a_millisecond, max_wait=0.5) == [2]
 
 
 def test_a_batch_stays_open_for_its_turns_of_the_loop() -> None:
-    holder = ModelHolder()
-    model = counting(0, 1)
-    holder.swap(model)
-
-    async def two_turns_apart(batcher: MicroBatcher) -> None:
-        first = asyncio.create_task(batcher.score(request("a", 2, 0)))
-        for _ in range(3):  # first's task starts, then two more turns of the loop
-            await asyncio.sleep(0)
-        second = asyncio.create_task(batcher.score(request("b", 2, 0)))
-        await asyncio.gather(first, second)
-
-    asyncio.run(two_turns_apart(MicroBatcher(holder, max_items=100, turns=0)))
-    assert model.batches == [1, 1]  # type: ignore[attr-defined]
-    model.batches.clear()  # type: ignore[attr-defined]
-    asyncio.run(two_turns_apart(MicroBatcher(holder, max_items=100, turns=4)))
-    assert model.batches == [2]  # type: ignore[attr-defined]
+    assert batches_of_two_requests(three_turns, turns=0) == [1, 1]
+    assert batches_of_two_requests(three_turns, turns=4) == [2]
 
 
 def test_one_batch_is_answered_by_one_version_even_across_a_swap() -> None:
