@@ -1,4 +1,5 @@
-"""Meta-generator training time of GRU full vs GRU multi at the last period.
+"""Meta-generator time (training, state carry, generation) of GRU full vs GRU
+multi at the last period.
 
 The paper (Table 3) reports full as 6.5–7× slower than multi at period 30.
 Both run in this process on the same data, seed and pre-trained model; IU's
@@ -40,8 +41,8 @@ def main() -> int:
         f"(seed {args.seed}, batch {args.batch_size}, {args.threads} thread(s)):"
     )
     print(f"  IU update (baseline)       {last['iu'].update_seconds:7.2f} s")
-    print(f"  GRU multi meta training    {multi.meta_seconds:7.2f} s  (whole update {multi.update_seconds:.2f} s)")
-    print(f"  GRU full meta training     {full.meta_seconds:7.2f} s  (whole update {full.update_seconds:.2f} s)")
+    print(f"  GRU multi meta generator   {multi.meta_seconds:7.2f} s  (whole update {multi.update_seconds:.2f} s)")
+    print(f"  GRU full meta generator    {full.meta_seconds:7.2f} s  (whole update {full.update_seconds:.2f} s)")
     print(f"  full / multi               {full.meta_seconds / multi.meta_seconds:7.2f}x  (paper: 6.5-7x)")
     return 0
 

@@ -4,9 +4,10 @@ periods (~3.2k rows) and on ml-1m periods (~32k rows, 10× larger).
 Each (data set, method) runs in its own process (one torch thread, seed 0,
 the service's base settings: batch 256, lr 1e-3) so its peak memory is its
 own. Reported per period, mean over the last 10 updates: the whole update,
-the meta generator's training alone, and the rest (the base model's training
-plus, for ASMG, generating the serving model). IU in the same run is the
-baseline; the target is a meta step no dearer than the IU step.
+the meta generator's part (its training, the hidden-state carry and
+generating the serving model), and the rest (the base model's training). IU
+in the same run is the baseline; the target is a meta step no dearer than
+the IU step.
 
     python benchmarks/trainer_period.py
 """

@@ -10,7 +10,7 @@ from trainer.features import EncodedLog, Examples
 from trainer.learner import BaseLearner
 from trainer.model import EmbMLP, logits
 from trainer.updaters import make_updater
-from trainer.updaters.asmg import Asmg, compact_batches, step_weights
+from trainer.updaters.asmg import COLD, Asmg, compact_batches, step_weights
 
 
 def periods(log: EncodedLog, n: int) -> list[Examples]:
@@ -65,10 +65,19 @@ def test_carried_state_starts_each_window_where_the_last_one_left(
     assert len(seen) == 2
     for name, value in stored.items():
         torch.testing.assert_close(seen[1][name], value)
-    # and the new stored state is one GRU step past the old window's successor
+    # and the new stored state is one GRU step past the old window's successor, for live rows;
+    # the others hold the cold sequence's state, one step past the old one
     assert updater.hidden is not None
     expected = updater.generator.step("user_emb", first_of_next_window["user_emb"], stored["user_emb"])  # type: ignore[union-attr, operator]
-    torch.testing.assert_close(updater.hidden["user_emb"], expected)
+    live = updater.live["user_emb"]
+    assert 0 < int(live.sum()) < len(live)
+    torch.testing.assert_close(updater.hidden["user_emb"][live], expected[live])
+    cold = updater.generator.step("user_emb", torch.zeros(1, 8), stored["user_emb" + COLD])  # type: ignore[union-attr, operator]
+    torch.testing.assert_close(updater.hidden["user_emb" + COLD], cold)
+    torch.testing.assert_close(updater.hidden["user_emb"][~live], cold.expand(int((~live).sum()), -1, -1))
+    first_layer = first_of_next_window["mlp.0.weight"].reshape(1, -1)
+    expected = updater.generator.step("mlp.0.weight", first_layer, stored["mlp.0.weight"])  # type: ignore[union-attr, operator]
+    torch.testing.assert_close(updater.hidden["mlp.0.weight"], expected)
 
 
 def test_zero_strategy_always_starts_from_zeros(
@@ -113,3 +122,30 @@ def test_warmup_serves_iu_until_the_generator_has_trained(
             assert torch.equal(served[i][name], value)
     assert updater.meta_periods == 2
     assert not torch.equal(served[3]["user_emb"], iu[3]["user_emb"])
+
+
+def test_rows_iu_never_changed_share_the_cold_sequence(
+    small_log: EncodedLog, small_config: ModelConfig, small_train: TrainConfig
+) -> None:
+    updater = make_updater("asmg-gru-multi", BaseLearner(small_config, small_train, 0), 0, {"window": 2})
+    assert isinstance(updater, Asmg) and updater.meta.readout == "residual"
+    initial = updater.learner.params()
+    data = periods(small_log, 6)
+    for p in data[:4]:
+        served = updater.update(p)
+    assert updater.generator is not None
+    for table, live in updater.live.items():
+        # live: exactly the rows some IU version moved away from the first model
+        moved = torch.stack([(m[table] != initial[table]).any(dim=1) for m in updater.models]).any(dim=0)
+        assert torch.equal(live, moved) and 0 < int(live.sum()) < len(live)
+        # a row never changed serves its own value plus the cold sequence's generated value
+        shift = served[table][~live] - updater.models[-1][table][~live]
+        torch.testing.assert_close(shift, shift[:1].expand_as(shift))
+        assert shift.abs().sum() > 0
+    # generating over live rows alone gives what generating over every row gives them
+    live_rows = updater.live
+    live_only = updater.generate()
+    updater.live = {t: torch.ones_like(v) for t, v in live_rows.items()}
+    all_rows = updater.generate()
+    for table, live in live_rows.items():
+        torch.testing.assert_close(all_rows[table][live], live_only[table][live])

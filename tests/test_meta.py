@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+
 import torch
 
 from trainer.meta import CoordinateGRU, LinearCombiner
@@ -69,3 +71,33 @@ def test_linear_combiner_starts_as_the_average() -> None:
     lin = LinearCombiner({"user_emb": (3, 2)}, window=3)
     xs = [torch.randn(3, 2) for _ in range(3)]
     torch.testing.assert_close(lin.combine("user_emb", xs), sum(xs) / 3)
+
+
+def test_tensors_run_side_by_side_as_they_run_alone() -> None:
+    shapes = {"mlp.0.weight": (3, 2), "mlp.0.bias": (3,)}
+    gru = CoordinateGRU(shapes, hidden=2, readout="residual", gate_bias=True)
+    with torch.no_grad():
+        for p in gru.parameters():
+            p.add_(torch.randn_like(p))  # the residual read-out starts at zero; make every term count
+    lin = LinearCombiner(shapes, window=3)
+    with torch.no_grad():
+        lin.alpha["mlp__0__bias"].copy_(torch.tensor([0.1, 0.2, 0.3]))
+    xs = {n: [torch.randn(1, math.prod(s)) for _ in range(3)] for n, s in shapes.items()}
+    h0 = {n: torch.randn(1, math.prod(s), 2) for n, s in shapes.items()}
+    scales = {"mlp.0.weight": 2.0, "mlp.0.bias": 0.5}
+    names = list(shapes)
+    joint_scale = torch.tensor([2.0] * 6 + [0.5] * 3)
+    joint, first = gru.run(
+        names,
+        [torch.cat([xs[n][i] for n in names], 1) for i in range(3)],
+        torch.cat([h0[n] for n in names], 1),
+        joint_scale,
+    )
+    combined = lin.combine(names, [torch.cat([xs[n][i] for n in names], 1) for i in range(3)])
+    for n, part, part_first, part_lin in zip(
+        names, joint[2].split([6, 3], 1), first.split([6, 3], 1), combined.split([6, 3], 1), strict=True
+    ):
+        alone, alone_first = gru.run(n, xs[n], h0[n], scales[n])
+        torch.testing.assert_close(part, alone[2])
+        torch.testing.assert_close(part_first, alone_first)
+        torch.testing.assert_close(part_lin, lin.combine(n, xs[n]))

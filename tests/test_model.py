@@ -17,7 +17,16 @@ from trainer.features import (
     history_rows,
     item_rows,
 )
-from trainer.model import EmbMLP, _category_means, checkpoint_bytes, load_checkpoint, logits, request_logits
+from trainer.model import (
+    DENSE_MEAN_MAX_ROWS,
+    EmbMLP,
+    _category_means,
+    checkpoint_bytes,
+    load_checkpoint,
+    logits,
+    request_logits,
+)
+from trainer.updaters.asmg import compact_batches
 
 
 def one_example(user: int, item: int, cats: list[int], hist: list[int], hist_cats: list[list[int]]) -> Examples:
@@ -118,3 +127,41 @@ def test_one_category_column_means_the_same_as_a_padded_one() -> None:
     (grad_one,) = torch.autograd.grad(one.sum(), table)
     (grad_general,) = torch.autograd.grad(general.sum(), table)
     torch.testing.assert_close(grad_one, grad_general)
+
+
+def random_examples(n: int, config: ModelConfig, width: int, categories: int, seed: int) -> Examples:
+    """Rows with several of the first ``categories`` categories per item and
+    padded histories: every averaging path is used."""
+    g = torch.Generator().manual_seed(seed)
+    L = config.history_length
+
+    def ids(high: int, *shape: int) -> torch.Tensor:
+        values = torch.randint(0, high, shape, generator=g, dtype=torch.int32)
+        return torch.where(torch.rand(shape, generator=g) < 0.3, -1, values)
+
+    return Examples(
+        user=torch.randint(0, config.user_buckets, (n,), generator=g, dtype=torch.int32),
+        item=torch.randint(0, config.item_buckets, (n,), generator=g, dtype=torch.int32),
+        item_cats=ids(categories, n, width),
+        hist_items=ids(config.item_buckets, n, L),
+        hist_cats=ids(categories, n, L, width),
+        label=torch.zeros(n),
+    )
+
+
+def test_small_tables_average_as_the_full_tables_do(small_config: ModelConfig) -> None:
+    """Full tables average by gathers; compact ones (the meta generator's) by a
+    dense weights matrix. Both give the same scores and the same gradients."""
+    config = replace(small_config, category_buckets=4 * DENSE_MEAN_MAX_ROWS)
+    full = {k: v.requires_grad_() for k, v in EmbMLP(config).params().items()}
+    batch = random_examples(40, config, width=3, categories=DENSE_MEAN_MAX_ROWS, seed=5)
+    rows, (compact,) = compact_batches([batch])
+    assert len(rows["cat_emb"]) <= DENSE_MEAN_MAX_ROWS < config.category_buckets
+    small = {k: (v[rows[k]] if k in rows else v).detach().requires_grad_() for k, v in full.items()}
+    full_scores, small_scores = logits(full, batch, 3), logits(small, compact, 3)
+    torch.testing.assert_close(small_scores, full_scores)
+    weights = torch.randn(len(batch))
+    full_grads = dict(zip(full, torch.autograd.grad((full_scores * weights).sum(), list(full.values())), strict=True))
+    small_grads = torch.autograd.grad((small_scores * weights).sum(), list(small.values()))
+    for name, grad in zip(small, small_grads, strict=True):
+        torch.testing.assert_close(grad, full_grads[name][rows[name]] if name in rows else full_grads[name])

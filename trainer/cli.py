@@ -239,7 +239,7 @@ def write_outputs(
     print(format_markdown(summary, paper) if markdown else format_table(summary))
     meta = meta_seconds_at_last_period(results)
     if meta:
-        print("meta-generator training seconds at the last period (mean over seeds):")
+        print("meta-generator seconds (training and generation) at the last period (mean over seeds):")
         print("  " + ", ".join(f"{method} {seconds:.2f}" for method, seconds in meta.items()))
         if "asmg-gru-full" in meta and "asmg-gru-multi" in meta:
             print(f"  full / multi: {meta['asmg-gru-full'] / meta['asmg-gru-multi']:.2f}x")

@@ -37,8 +37,31 @@ def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     return (values * weights).sum(-2) / weights.sum(-2).clamp(min=1.0)
 
 
+# Tables of at most this many rows (the meta generator's compact tables, which
+# hold only the rows a batch touches) are averaged through one dense weights
+# matrix: there a gather per lookup, and a backward that sorts every lookup,
+# cost ~4x more. On full tables the matrix itself would be the cost.
+DENSE_MEAN_MAX_ROWS = 256
+
+
+def _dense_means(table: Tensor, index: Tensor, weights: Tensor) -> Tensor:
+    """``Σ_k weights[n, k] · table[index[n, k]]`` per row n (``index [N, K]``, -1 = none, weight 0)."""
+    matrix = table.new_zeros(index.shape[0], table.shape[0])
+    return matrix.scatter_add_(1, index.clamp(min=0).long(), weights) @ table
+
+
+def _mean_weights(index: Tensor) -> Tensor:
+    """1/count for each valid (``>= 0``) entry of ``index [..., K]``, 0 elsewhere."""
+    valid = (index >= 0).float()
+    return valid / valid.sum(-1, keepdim=True).clamp(min=1.0)
+
+
 def _category_means(table: Tensor, cats: Tensor) -> Tensor:
     """Mean category vector per row of ``cats [..., C]`` (``-1`` = none)."""
+    if cats.shape[-1] > 1 and table.shape[0] <= DENSE_MEAN_MAX_ROWS:
+        flat = cats.reshape(-1, cats.shape[-1])
+        means = _dense_means(table, flat, _mean_weights(flat))
+        return means.reshape(*cats.shape[:-1], table.shape[1])
     # an extra zero row stands for padding; embedding_bag leaves it out of the mean
     padded = torch.cat([table, table.new_zeros(1, table.shape[1])])
     if cats.shape[-1] == 1:  # one category or none: the mean is the row itself, at a fifth of the cost
@@ -52,6 +75,19 @@ def _item_vectors(params: Mapping[str, Tensor], items: Tensor, cats: Tensor) -> 
     # F.embedding, not tensor[idx]: its backward is far cheaper than index_put
     item_vec = F.embedding(items.clamp(min=0), params["item_emb"])
     return torch.cat([item_vec, _category_means(params["cat_emb"], cats)], dim=-1)
+
+
+def _history_vector(params: Mapping[str, Tensor], items: Tensor, cats: Tensor) -> Tensor:
+    """Mean item vector of each history ``items [B, L]`` (``-1`` = padding)."""
+    if params["cat_emb"].shape[0] > DENSE_MEAN_MAX_ROWS:
+        return _masked_mean(_item_vectors(params, items, cats), items >= 0)
+    # compact tables: the same mean as weights, each category's weight folded in
+    per_item = _mean_weights(items)  # [B, L]
+    table = params["item_emb"]
+    rows = table.index_select(0, items.clamp(min=0).reshape(-1)).reshape(*items.shape, table.shape[1])
+    per_cat = (_mean_weights(cats) * per_item.unsqueeze(-1)).reshape(items.shape[0], -1)
+    cat_part = _dense_means(params["cat_emb"], cats.reshape(items.shape[0], -1), per_cat)
+    return torch.cat([(rows * per_item.unsqueeze(-1)).sum(-2), cat_part], dim=-1)
 
 
 def _mf(user: Tensor, item: Tensor, bias: Tensor) -> Tensor:
@@ -78,7 +114,7 @@ def logits(params: Mapping[str, Tensor], ex: Examples, n_layers: int) -> Tensor:
         return mf_logits(params, ex)
     user_vec = F.embedding(ex.user, params["user_emb"])
     candidate = _item_vectors(params, ex.item, ex.item_cats)
-    history = _masked_mean(_item_vectors(params, ex.hist_items, ex.hist_cats), ex.hist_items >= 0)
+    history = _history_vector(params, ex.hist_items, ex.hist_cats)
     return _mlp(params, torch.cat([user_vec, history, candidate], dim=-1), n_layers)
 
 
@@ -101,7 +137,7 @@ def request_logits(
     user_vec = F.embedding(users, params["user_emb"])
     if n_layers == 0:
         return _mf(user_vec[owner], F.embedding(items, params["item_emb"]), params["bias"])
-    history = _masked_mean(_item_vectors(params, hist_items, hist_cats), hist_items >= 0)
+    history = _history_vector(params, hist_items, hist_cats)
     # The first layer's product splits by input: [user, history] · W_r once per request,
     # plus candidate · W_c per candidate; 60% fewer multiplications at the widest layer.
     weight, bias = params["mlp.0.weight"], params["mlp.0.bias"]

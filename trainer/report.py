@@ -138,9 +138,9 @@ def format_markdown(summary: dict[str, dict[str, Any]], paper: bool = False) -> 
 
 
 def meta_seconds_at_last_period(results: Iterable[PeriodResult]) -> dict[str, float]:
-    """method → mean over seeds of the meta-generator's training seconds at
-    the last period it trained on (the paper's Table 3); methods without a
-    meta generator are left out."""
+    """method → mean over seeds of the meta generator's seconds (training, state
+    carry and generation) at the last period it trained on (the paper's
+    Table 3); methods without a meta generator are left out."""
     last: dict[tuple[str, int], PeriodResult] = {}
     for r in results:
         key = (r.method, r.seed)

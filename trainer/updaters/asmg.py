@@ -9,6 +9,17 @@ At the close of period t, with IU versions Θ_{t-k}..Θ_{t-1} kept:
 2. the carried state advances past Θ_{t-k}, since the window slides by one;
 3. IU trains Θ_t on D_t;
 4. the generator reads Θ_{t-k+1}..Θ_t and its output serves period t+1.
+
+The GRU runs per embedding row only over the rows IU has changed at least
+once (*live* rows). The others, hashed buckets no id has reached yet, hold
+their initial values in every version; they share one *cold* sequence, the
+zero sequence, whose generated value each adds to its own initial value
+(residual read-out) or takes as it is (plain). As initial values are small
+(~1e-2), that is within O(initial value) of running each row's GRU, and it
+keeps the generator learning what to serve for ids it has not seen: a row
+turning live starts from the cold state. With hashed tables most rows are
+never reached, so this keeps the cost proportional to the ids seen, not to
+the table sizes.
 """
 
 from __future__ import annotations
@@ -28,6 +39,7 @@ from trainer.meta import CoordinateGRU, LinearCombiner, Readout, as_rows
 from trainer.model import EMBEDDING_TABLES, Params, logits
 from trainer.updaters.base import Updater
 
+COLD = "/cold"  # hidden-state key suffix: a table's cold sequence
 Strategy = Literal["single", "multi", "full", "zero", "unif"]
 STRATEGIES: tuple[Strategy, ...] = ("single", "multi", "full", "zero", "unif")
 
@@ -68,20 +80,24 @@ def step_weights(strategy: Strategy, steps: int) -> list[float]:
 
 
 def compact_batches(batches: list[Examples]) -> tuple[dict[str, Tensor], list[Examples]]:
-    """Rows each embedding table needs for ``batches``, and the batches with
-    their indices rewritten to point into those compact row sets."""
+    """Rows each embedding table needs for ``batches`` (ascending), and the
+    batches with their indices rewritten to point into those compact row sets."""
     states = [b.to_dict() for b in batches]
     rows: dict[str, Tensor] = {}
     for table, fields in EMBEDDING_TABLES.items():
-        parts = [s[f] for s in states for f in fields]
-        unique, inverse = torch.unique(torch.cat([p.reshape(-1) for p in parts]).clamp(min=0), return_inverse=True)
-        rows[table] = unique
-        offset = 0
+        parts = [s[f].reshape(-1) for s in states for f in fields]
+        size = max(int(p.max()) + 1 if p.numel() else 0 for p in parts)
+        # a mark per table row instead of torch.unique: no sort, same ascending rows
+        used = torch.zeros(size + 1, dtype=torch.bool)  # the extra row takes the -1 padding
+        for p in parts:
+            used[p.long()] = True
+        used[-1] = False
+        rows[table] = used.nonzero().squeeze(1).to(parts[0].dtype)
+        position = torch.full((size + 1,), -1, dtype=parts[0].dtype)  # padding stays -1
+        position[rows[table].long()] = torch.arange(len(rows[table]), dtype=parts[0].dtype)
         for s in states:
             for f in fields:
-                n = s[f].numel()
-                s[f] = torch.where(s[f] >= 0, inverse[offset : offset + n].reshape(s[f].shape), -1)
-                offset += n
+                s[f] = position[s[f].long()]
     return rows, [Examples.from_dict(s) for s in states]
 
 
@@ -103,6 +119,10 @@ class Asmg(Updater):
         self.periods: list[Examples] = []  # periods[i] is the data models[i] was trained on
         self.hidden: dict[str, Tensor] | None = None  # initial state of the next window
         self.meta_periods = 0
+        # per embedding table, the rows IU has changed in any version so far (all rows for
+        # the linear generator, whose cost is a weighted sum and needs no shortcut)
+        linear = meta.generator == "linear"
+        self.live = {t: torch.full((self.shapes[t][0],), linear) for t in EMBEDDING_TABLES if t in self.shapes}
 
     @property
     def carries_state(self) -> bool:
@@ -112,22 +132,32 @@ class Asmg(Updater):
         return self.models if self.meta.strategy == "full" else self.models[-self.meta.window :]
 
     def update(self, period: Examples) -> Params:
+        meta_started = time.perf_counter()
         if len(self.models) >= self.meta.window:
             window = self._window()
             h0 = self.hidden if self.carries_state else None
-            started = time.perf_counter()
             self._train_meta(window, [*self.periods[len(self.periods) - len(window) + 1 :], period], h0)
-            self.last_meta_seconds = time.perf_counter() - started
             if self.carries_state:
                 self.hidden = self._advance(window[0], window[-1], h0)
             self.meta_periods += 1
+        meta_seconds = time.perf_counter() - meta_started
+        before = self.learner.params()
         self.learner.fit(period)
         self.models.append(self.learner.params())
+        for table, live in self.live.items():
+            live |= (self.models[-1][table] != before[table]).any(dim=1)
         self.periods.append(period)
         if self.meta.strategy != "full":
             del self.models[: -self.meta.window]
             del self.periods[: -self.meta.window]
-        return self.generate() if self.generating else self.learner.params()
+        if not self.generating:
+            self.last_meta_seconds = meta_seconds
+            return self.learner.params()
+        generate_started = time.perf_counter()
+        generated = self.generate()
+        # everything the meta generator costs: its training, the state carry and generation
+        self.last_meta_seconds = meta_seconds + time.perf_counter() - generate_started
+        return generated
 
     @property
     def generating(self) -> bool:
@@ -137,13 +167,13 @@ class Asmg(Updater):
     # -- the generator over parameter sequences ---------------------------------
 
     def _run(
-        self, name: str, inputs: list[Tensor], h0: Tensor | None, scale: float
-    ) -> tuple[list[Tensor | None], Tensor | None]:
+        self, names: list[str], inputs: list[Tensor], h0: Tensor | None, scale: float | Tensor
+    ) -> list[Tensor | None]:
         if isinstance(self.generator, LinearCombiner):
-            return [None] * (len(inputs) - 1) + [self.generator.combine(name, inputs)], None
-        h = h0 if h0 is not None else self.generator.zero_state(name, inputs[0].shape[0])
-        outputs, first = self.generator.run(name, inputs, h, scale)
-        return list(outputs), first
+            return [None] * (len(inputs) - 1) + [self.generator.combine(names, inputs)]
+        h = h0 if h0 is not None else self.generator.zero_state(names, inputs[0].shape[0])
+        outputs, _ = self.generator.run(names, inputs, h, scale)
+        return list(outputs)
 
     def _scales(self, newest: Params) -> dict[str, float]:
         if not self.meta.input_scale:
@@ -185,32 +215,60 @@ class Asmg(Updater):
         self, window: list[Params], rows: dict[str, Tensor] | None, h0: dict[str, Tensor] | None
     ) -> list[Params]:
         """Every window step's generated parameters; embedding tables hold only
-        ``rows[table]`` (all rows when ``rows`` is None)."""
+        ``rows[table]`` (all rows when ``rows`` is None), live ones generated."""
         generated: list[Params] = [{} for _ in window]
         scales = self._scales(window[-1])
-        for name, shape in self.shapes.items():
-            if name in EMBEDDING_TABLES and rows is not None:
-                inputs = [m[name][rows[name]] for m in window]
-                h = h0[name][rows[name]] if h0 is not None else None
-            else:
-                inputs = [as_rows(name, m[name]) for m in window]
-                h = h0[name] if h0 is not None else None
-            outputs, _ = self._run(name, inputs, h, scales[name])
-            for j, out in enumerate(outputs):
+        for name in self.live:
+            versions = [m[name] if rows is None else m[name].index_select(0, rows[name]) for m in window]
+            live = self.live[name] if rows is None else self.live[name].index_select(0, rows[name])
+            where = live.nonzero().squeeze(1)
+            table_rows = where if rows is None else rows[name].index_select(0, where)
+            # the live rows, then one row of zeros: the cold sequence
+            inputs = [torch.cat([v.index_select(0, where), v.new_zeros(1, v.shape[1])]) for v in versions]
+            h = torch.cat([h0[name].index_select(0, table_rows), self._cold(h0, name)]) if h0 is not None else None
+            for j, out in enumerate(self._run([name], inputs, h, scales[name])):
                 if out is not None:
-                    generated[j][name] = out if name in EMBEDDING_TABLES else out.reshape(shape)
-        return generated
+                    cold = out[-1:]
+                    dead = versions[j] + cold if self.meta.readout == "residual" else cold.expand_as(versions[j])
+                    generated[j][name] = dead.index_copy(0, where, out[:-1])
+        # the MLP's tensors run side by side, as one row: a sixth of the tensor ops
+        mlp = [name for name in self.shapes if name not in self.live]
+        widths = [math.prod(self.shapes[name]) for name in mlp]
+        inputs = [torch.cat([m[name].reshape(1, -1) for name in mlp], dim=1) for m in window]
+        h = torch.cat([h0[name] for name in mlp], dim=1) if h0 is not None else None
+        scale: float | Tensor = 1.0
+        if any(scales[name] != 1.0 for name in mlp):
+            scale = torch.cat([torch.full((w,), scales[name]) for name, w in zip(mlp, widths, strict=True)])
+        for j, out in enumerate(self._run(mlp, inputs, h, scale)):
+            if out is not None:
+                for name, part in zip(mlp, out.split(widths, dim=1), strict=True):
+                    generated[j][name] = part.reshape(self.shapes[name])
+        return [{name: g[name] for name in self.shapes if name in g} for g in generated]
+
+    def _cold(self, h0: dict[str, Tensor], name: str) -> Tensor:
+        """The cold sequence's state in ``h0`` (zeros in a state saved before there was one)."""
+        return h0[name + COLD] if name + COLD in h0 else h0[name].new_zeros(1, *h0[name].shape[1:])
 
     @torch.no_grad()
     def _advance(self, first: Params, newest: Params, h0: dict[str, Tensor] | None) -> dict[str, Tensor]:
-        """The hidden state after the window's first version, for every row."""
+        """The hidden state after the window's first version: each live row's,
+        and the cold sequence's for every other row."""
         assert isinstance(self.generator, CoordinateGRU)
         state = {}
         scales = self._scales(newest)
         for name in self.shapes:
             x = as_rows(name, first[name])
             h = h0[name] if h0 is not None else self.generator.zero_state(name, x.shape[0])
-            state[name] = self.generator.step(name, x / scales[name], h)
+            if name in self.live:
+                where = self.live[name].nonzero().squeeze(1)
+                rows = torch.cat([x[where], x.new_zeros(1, x.shape[1])])
+                cold = self._cold(h0, name) if h0 is not None else self.generator.zero_state(name, 1)
+                stepped = self.generator.step(name, rows / scales[name], torch.cat([h[where], cold]))
+                # rows not live yet keep the cold state: where they start when they turn live
+                state[name] = stepped[-1:].expand_as(h).index_copy(0, where, stepped[:-1])
+                state[name + COLD] = stepped[-1:].contiguous()
+            else:
+                state[name] = self.generator.step(name, x / scales[name], h).contiguous()
         return state
 
     @torch.no_grad()
@@ -232,6 +290,7 @@ class Asmg(Updater):
             "periods": [p.to_dict() for p in self.periods],
             "hidden": self.hidden,
             "meta_periods": self.meta_periods,
+            "live": self.live,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -243,3 +302,5 @@ class Asmg(Updater):
         self.periods = [Examples.from_dict(p) for p in state["periods"]]
         self.hidden = state["hidden"]
         self.meta_periods = int(state["meta_periods"])
+        # a state saved before live rows were tracked generated every row: keep doing so
+        self.live = state.get("live") or {t: torch.ones_like(v) for t, v in self.live.items()}
