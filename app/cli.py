@@ -41,10 +41,11 @@ def run_serve(args: argparse.Namespace) -> int:
 def run_trainer_command(args: argparse.Namespace) -> int:
     from trainer.schedule import start_rollover_schedule
     from trainer.store import open_store
-    from trainer.worker import PeriodTrainer, ensure_initial_model, report_dict, run_trainer
+    from trainer.worker import PeriodTrainer, ensure_initial_model, lower_priority, report_dict, run_trainer
 
     settings = _settings()
     _service_logging()
+    lower_priority(settings)
     store = open_store(settings)
     try:
         ensure_initial_model(store, settings)

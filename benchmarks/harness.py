@@ -24,6 +24,18 @@ def free_port() -> int:
         return port
 
 
+def harness_bodies(scratch: Path) -> Path:
+    """The harness's seeded request bodies, converted to our schema, in ``scratch``."""
+    python = sys.executable
+    if not (BENCH / "model.pt").exists():  # tools.py gen scores reference answers with it
+        subprocess.run([python, "model.py"], cwd=BENCH, check=True, capture_output=True)
+    subprocess.run([python, str(BENCH / "tools.py"), "gen", str(scratch / "data")], check=True, capture_output=True)
+    bodies = scratch / "bodies.jsonl"
+    convert = [python, str(BENCH / "tools.py"), "convert", str(scratch / "data" / "bodies.jsonl"), str(bodies)]
+    subprocess.run(convert, check=True, capture_output=True)
+    return bodies
+
+
 def start_server(env: dict[str, str], timeout: float = 60.0) -> tuple[subprocess.Popen[bytes], str]:
     """``asmg serve`` with ``env`` (which names ASMG_PORT), once it answers /readyz with 200."""
     server = subprocess.Popen([sys.executable, "-m", "app.cli", "serve"], env=env, stderr=subprocess.DEVNULL)

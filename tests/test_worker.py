@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import threading
 from pathlib import Path
+
+import pytest
 
 from tests.service import small_settings, traffic
 from trainer.settings import Settings
 from trainer.store import LocalStore, Store
 from trainer.store.base import Interaction
-from trainer.worker import PeriodTrainer, ensure_initial_model
+from trainer.worker import PeriodTrainer, ensure_initial_model, lower_priority
 
 
 def feed(store: Store, settings: Settings, periods: int) -> None:
@@ -59,3 +63,20 @@ def test_a_diverging_generator_is_held_back_by_the_gate(tmp_path: Path) -> None:
     assert all(v["method"] == "iu" and "quality gate: on this period" in str(v["note"]) for v in lost)
     ungated = train(tmp_path / "ungated", 8, meta_lr=5.0, quality_gate=False)
     assert [v["method"] for v in ungated[4:]] == ["asmg-gru-multi"] * 5
+
+
+@pytest.mark.parametrize("nice", [0, 7])
+def test_the_trainer_runs_below_serving_at_the_configured_nice(nice: int) -> None:
+    seen: list[tuple[int, int]] = []
+
+    def in_a_thread() -> None:  # a thread of its own: the test process keeps its priority
+        before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        lower_priority(Settings(trainer_nice=nice))
+        seen.append((before, os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+
+    thread = threading.Thread(target=in_a_thread)
+    thread.start()
+    thread.join()
+    ((before, after),) = seen
+    assert after == (before if nice == 0 else max(before, nice))
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before

@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(30.0, gt=0, description="Trainer lease; another trainer takes over after it lapses.")
     keep_versions: int = Field(10, ge=2, description="Model versions kept in the registry.")
     quality_gate: bool = Field(True, description="Publish IU instead of a generated model that scores worse.")
+    trainer_nice: int = Field(
+        10, ge=0, le=19, description="CPU priority (nice level) `asmg train` runs at, below serving; 0: unchanged."
+    )
 
     @field_validator("hidden", mode="before")
     @classmethod

@@ -323,6 +323,23 @@ def rollover(store: Store) -> int | None:
     return closed
 
 
+def lower_priority(settings: Settings) -> None:
+    """Run this thread (the whole process when called first thing) at ``ASMG_TRAINER_NICE``.
+
+    On a machine it shares with ``asmg serve``, a training period or a 6 MB
+    publish at equal priority takes CPU from requests in bursts; below them it
+    uses what they leave. Lowering works unprivileged; a level above the
+    current one is refused and logged."""
+    if settings.trainer_nice == 0 or not hasattr(os, "setpriority"):
+        return
+    thread = threading.get_native_id()
+    current = os.getpriority(os.PRIO_PROCESS, thread)
+    try:
+        os.setpriority(os.PRIO_PROCESS, thread, max(current, settings.trainer_nice))
+    except OSError as exc:
+        log.warning("cannot run at nice %d (ASMG_TRAINER_NICE): %s", settings.trainer_nice, exc)
+
+
 def run_trainer(store: Store, settings: Settings, stop: threading.Event, trainer: PeriodTrainer | None = None) -> None:
     """Train closed periods as they appear until ``stop`` is set; survive errors."""
     trainer = trainer or PeriodTrainer(store, settings)
