@@ -12,6 +12,7 @@ from types import FrameType
 
 from redis.exceptions import RedisError
 
+from app.workers import PortInUse
 from trainer import cli as trainer_cli
 from trainer.settings import Settings
 from trainer.store.base import StoreError
@@ -125,7 +126,7 @@ def add_service_parsers(sub: argparse._SubParsersAction) -> None:
 def main(argv: list[str] | None = None) -> int:
     try:
         return trainer_cli.main(argv, extra=[add_service_parsers])
-    except (StoreError, ModelLoadError, RedisError) as exc:
+    except (StoreError, ModelLoadError, RedisError, PortInUse) as exc:
         print(f"asmg: error: {exc}", file=sys.stderr)
         return 2
 

@@ -23,6 +23,24 @@ from trainer.settings import Settings
 log = logging.getLogger("asmg.serve")
 
 
+class PortInUse(OSError):
+    """Something, perhaps another ``asmg serve``, already listens on the port."""
+
+
+def ensure_port_free(host: str, port: int) -> None:
+    """Refuse a port something already listens on. Our own sockets share a port
+    through SO_REUSEPORT, so a second ``asmg serve`` on it would bind too and
+    silently take half the traffic; a probe without the option cannot."""
+    probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # old TIME_WAIT connections are no obstacle
+    try:
+        probe.bind((host, port))
+    except OSError as exc:
+        raise PortInUse(f"{host}:{port} is already in use ({exc.strerror}); is another asmg serve running?") from None
+    finally:
+        probe.close()
+
+
 def listening_socket(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -51,11 +69,10 @@ def serve_one(settings: Settings, index: int = 0) -> None:
 
 def serve(settings: Settings) -> int:
     """Run ``settings.workers`` API processes; return when they have all stopped."""
+    ensure_port_free(settings.host, settings.port)  # before any process starts
     if settings.workers == 1:
         serve_one(settings)
         return 0
-    # fail here, with a clear error, if the port is taken, before any child starts
-    listening_socket(settings.host, settings.port).close()
     context = multiprocessing.get_context("spawn")  # a clean torch and event loop per process
     processes = [
         context.Process(target=serve_one, args=(settings, i), name=f"asmg-serve-{i}") for i in range(settings.workers)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -74,3 +75,25 @@ def test_a_worker_that_dies_takes_the_server_down(server: tuple[str, subprocess.
     _, process = server
     os.kill(spawned_children(process.pid)[1], signal.SIGKILL)
     assert process.wait(timeout=60) == 1  # the supervisor restarts the whole, never half of it
+
+
+def test_a_second_server_on_a_served_port_is_refused(tmp_path: Path) -> None:
+    # a listener as asmg serve's own: with SO_REUSEPORT, which a second one could silently join
+    other = socket.socket()
+    other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    other.bind(("127.0.0.1", 0))
+    other.listen()
+    port = other.getsockname()[1]
+    env = {**os.environ, **SMALL, "ASMG_STATE_DIR": str(tmp_path / "state")}
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "app.cli", "serve", "--workers", "2", "--port", str(port)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        other.close()
+    assert done.returncode == 2
+    assert f"127.0.0.1:{port} is already in use" in done.stderr and "Traceback" not in done.stderr
