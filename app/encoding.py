@@ -2,23 +2,21 @@
 
 Pydantic (``app/schemas.py``) defines what a valid body is and words every
 422, but building its objects for a hundred candidates costs about as much as
-scoring them. So a body is read here with orjson, checked against the same
-rules in one pass, and each candidate's rows come from a cache keyed by its
-raw ids. A body that this pass does not accept goes to pydantic, which
-rejects it with its own error; the tests hold both to the same verdict on
-every kind of bad body. Ids are checked against the settings' limits once,
-when they first enter the cache.
+scoring them. So a body is decoded here by msgspec into frozen structs under
+the same rules (strict id types, no unknown keys), in C, and each candidate
+struct is itself the key of a cache holding its rows. A body that this decode
+does not accept goes to pydantic, which rejects it with its own error; the
+tests hold both to the same verdict on every kind of bad body. Ids are
+checked against the settings' limits once, when they first enter the cache.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import chain
-from typing import Any
 
+import msgspec
 import numpy as np
-import orjson
 
 from app.schemas import PredictRequest
 from app.validation import check_categories, check_id, invalid, parse_body
@@ -27,11 +25,26 @@ from trainer.features import hash_id, user_row
 from trainer.settings import Settings
 from trainer.store.base import Click
 
-# (item id, *category ids), as the client sent them
-RowKey = tuple[str | int, ...]
+CACHE_SIZE = 1 << 17  # distinct cache keys kept; about 200 bytes each
 
-CACHE_SIZE = 1 << 17  # distinct (item, categories) keys kept; about 200 bytes each
-PREDICT_KEYS = frozenset({"user_id", "items", "history"})
+
+class Candidate(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False):
+    """A candidate as the client sent it, and its key in the row cache."""
+
+    item_id: int | str
+    categories: tuple[int | str, ...] = ()
+
+
+class _PredictBody(msgspec.Struct, forbid_unknown_fields=True):
+    user_id: int | str
+    items: list[Candidate]
+    history: list[int | str] | None = None
+
+
+_decode_predict = msgspec.json.Decoder(_PredictBody).decode
+
+# a candidate, or a bare item id: a history the client sent, without categories
+RowKey = Candidate | str | int
 
 
 @dataclass(frozen=True)
@@ -47,64 +60,38 @@ class Encoded:
 
 @dataclass(frozen=True)
 class PredictQuery:
-    """A valid ``/v1/predict`` body: its user, its candidates' keys, its history's ids (if sent)."""
+    """A valid ``/v1/predict`` body: its user, its candidates, its history's ids (if sent)."""
 
     user_id: str | int
-    candidates: list[RowKey]
+    candidates: list[Candidate]
     history: list[str | int] | None
 
 
-ID_TYPES = frozenset({str, int})  # StrictStr | StrictInt: not bool, not float
-
-
-def _all_ids(values: Iterable[object]) -> bool:
-    return ID_TYPES.issuperset(map(type, values))
-
-
-def _quick_query(body: Any) -> PredictQuery | None:
-    """``body`` read by PredictRequest's rules, or None where it breaks one (or might)."""
-    if type(body) is not dict or not body.keys() <= PREDICT_KEYS:
-        return None
-    user, items, history = body.get("user_id"), body.get("items"), body.get("history")
-    if type(user) not in ID_TYPES or type(items) is not list or not items:
-        return None
-    if history is not None and (type(history) is not list or not _all_ids(history)):
-        return None
+def _quick_query(raw: bytes) -> PredictQuery | None:
+    """``raw`` read by PredictRequest's rules, or None where it breaks one (or might)."""
     try:
-        # a candidate is {"item_id"} or {"item_id", "categories": list}; anything else gets a None
-        # in its key, which fails the type check: one comprehension, no Python-level loop body
-        keys = [
-            (c["item_id"], *c["categories"])
-            if len(c) == 2 and type(c["categories"]) is list
-            else (c["item_id"],)
-            if len(c) == 1
-            else (None,)
-            for c in items
-        ]
-    except (KeyError, TypeError):  # not an object, or without item_id
+        body = _decode_predict(raw)
+    except msgspec.DecodeError:  # malformed, or against the schema (ValidationError is one)
         return None
-    if not _all_ids(chain.from_iterable(keys)):
+    if not body.items:
         return None
-    return PredictQuery(user, keys, history)  # type: ignore[arg-type]
+    return PredictQuery(body.user_id, body.items, body.history)
 
 
 def read_predict(raw: bytes) -> PredictQuery:
     """A ``/v1/predict`` body, or the 422 that pydantic words for it."""
-    try:
-        query = _quick_query(orjson.loads(raw))
-    except orjson.JSONDecodeError:
-        query = None
+    query = _quick_query(raw)
     if query is None:
-        body = parse_body(raw, PredictRequest)  # raises the 422 for every body the quick pass refuses...
-        # ...except bodies only orjson refuses (integers over 64 bits)
-        query = PredictQuery(body.user_id, [(c.item_id, *c.categories) for c in body.items], body.history)
+        body = parse_body(raw, PredictRequest)  # raises the 422 for every body the quick read refuses
+        candidates = [Candidate(c.item_id, tuple(c.categories)) for c in body.items]
+        query = PredictQuery(body.user_id, candidates, body.history)
     return query
 
 
 class RequestEncoder:
     """Encodes requests for one model config.
 
-    Each (item, categories) key the service meets is checked and hashed once:
+    Each candidate (or bare history id) the service meets is checked and hashed once:
     its rows go in a table, the key in a dict pointing at them, and a request's
     rows are one dict lookup per key and one numpy gather.
     """
@@ -122,8 +109,9 @@ class RequestEncoder:
 
     def _add(self, key: RowKey, loc: tuple[str | int, ...], id_field: tuple[str, ...]) -> int:
         s, c = self.settings, self.config
-        item = check_id(key[0], (*loc, *id_field), s.max_id_length)
-        categories = check_categories(key[1:], (*loc, "categories"), s)
+        item_id, raw_categories = (key.item_id, key.categories) if type(key) is Candidate else (key, ())
+        item = check_id(item_id, (*loc, *id_field), s.max_id_length)  # type: ignore[arg-type]
+        categories = check_categories(raw_categories, (*loc, "categories"), s)
         rows = (
             hash_id(item, c.item_buckets, "item"),
             *(hash_id(cat, c.category_buckets, "cat") for cat in categories),
@@ -174,10 +162,11 @@ class RequestEncoder:
             raise invalid(["history"], f"at most {self.settings.max_history} history items per request", "too_long")
         length = self.config.history_length
         newest = ids[len(ids) - length :] if length else []
-        return self._rows([(h,) for h in newest], "history", (), len(ids) - len(newest), length)
+        return self._rows(newest, "history", (), len(ids) - len(newest), length)
 
     def logged_history(self, clicks: Sequence[Click]) -> tuple[np.ndarray, np.ndarray]:
         """The service's own record of a user's clicks as history rows."""
         length = self.config.history_length
         newest = clicks[len(clicks) - length :] if length else []
-        return self._rows([(c.item_id, *c.categories) for c in newest], "history", ("item_id",), 0, length)
+        keys = [Candidate(c.item_id, tuple(c.categories)) for c in newest]
+        return self._rows(keys, "history", ("item_id",), 0, length)

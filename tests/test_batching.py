@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from app.batching import MicroBatcher, NoModelError
-from app.encoding import Encoded, PredictQuery, RequestEncoder
+from app.encoding import Candidate, Encoded, PredictQuery, RequestEncoder
 from app.serving import ModelHolder, ServedModel
 from trainer.config import ModelConfig
 from trainer.model import EmbMLP
@@ -28,7 +28,7 @@ def served(seed: int, version: int) -> ServedModel:
 def request(user: str, n_items: int, clicks: int) -> Encoded:
     encoder = RequestEncoder(CONFIG, Settings())
     # a request with two categories on every other item, as wide as the other requests or wider
-    keys = [(f"{user}-i{k}", *[f"c{c}" for c in range(k % 3)]) for k in range(n_items)]
+    keys = [Candidate(f"{user}-i{k}", tuple(f"c{c}" for c in range(k % 3))) for k in range(n_items)]
     row, candidates = encoder.candidates(PredictQuery(user, keys, None))
     history = encoder.logged_history([Click(f"h{k}", ("c1",)) for k in range(clicks)])
     return Encoded(row, *candidates, *history)

@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from app import encoding
-from app.encoding import PredictQuery, RequestEncoder, _quick_query, read_predict
+from app.encoding import Candidate, PredictQuery, RequestEncoder, _quick_query, read_predict
 from app.schemas import PredictRequest
 from trainer.config import ModelConfig
 from trainer.features import hash_id, user_row
@@ -70,13 +70,13 @@ def pydantic_query(raw: bytes) -> PredictQuery | None:
         body = PredictRequest.model_validate_json(raw)
     except ValidationError:
         return None
-    return PredictQuery(body.user_id, [(c.item_id, *c.categories) for c in body.items], body.history)
+    return PredictQuery(body.user_id, [Candidate(c.item_id, tuple(c.categories)) for c in body.items], body.history)
 
 
 @pytest.mark.parametrize("body", variants(), ids=lambda b: orjson.dumps(b).decode()[:80])
 def test_the_quick_read_accepts_what_pydantic_accepts_and_reads_it_the_same(body: Any) -> None:
     raw = orjson.dumps(body)
-    quick = _quick_query(orjson.loads(raw))
+    quick = _quick_query(raw)
     expected = pydantic_query(raw)
     if quick is not None:  # it may pass a body on to pydantic, but never accept one pydantic refuses
         assert quick == expected
@@ -88,8 +88,11 @@ def test_the_quick_read_accepts_what_pydantic_accepts_and_reads_it_the_same(body
 
 
 def test_well_formed_bodies_take_the_quick_read() -> None:
-    assert _quick_query(VALID) is not None
-    assert _quick_query({"user_id": 3, "items": [{"item_id": 1}]}) is not None
+    assert _quick_query(orjson.dumps(VALID)) is not None
+    assert _quick_query(b'{"user_id": 3, "items": [{"item_id": 1}]}') is not None
+    # duplicate keys, as JSON parsers read them: the last one counts, in both readers
+    raw = b'{"user_id": 3, "items": [{"item_id": 1, "item_id": "b"}], "user_id": "a"}'
+    assert _quick_query(raw) == pydantic_query(raw) == PredictQuery("a", [Candidate("b")], None)
 
 
 def test_an_integer_only_pydantic_can_read_is_still_read() -> None:
@@ -134,6 +137,6 @@ def test_the_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(encoding, "CACHE_SIZE", 3)
     encoder = RequestEncoder(CONFIG, Settings())
     for k in range(10):
-        _, (items, _) = encoder.candidates(PredictQuery("u", [(f"i{k}",)], None))
+        _, (items, _) = encoder.candidates(PredictQuery("u", [Candidate(f"i{k}")], None))
         assert items.tolist() == [hash_id(f"i{k}", CONFIG.item_buckets, "item")]
         assert len(encoder._slots) <= 3
