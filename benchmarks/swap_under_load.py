@@ -8,7 +8,7 @@ windows: ``--duration`` seconds steady, then as long while this script
 publishes a new version (fresh weights, committed to the store exactly as
 the trainer does) every ``--every`` seconds. The publisher makes its weights
 before the windows and publishes at the trainer's CPU priority
-(ASMG_TRAINER_NICE, as ``asmg train`` runs). Alternating windows keeps this
+(ASMG_TRAINER_NICE, as ``asmg trainer`` runs). Alternating windows keeps this
 machine's drift out of the ratio. Prints every window, the mean p99 of each
 kind, their ratio and how many versions were served.
 

@@ -97,7 +97,7 @@ class Settings(BaseSettings):
     keep_versions: int = Field(10, ge=2, description="Model versions kept in the registry.")
     quality_gate: bool = Field(True, description="Publish IU instead of a generated model that scores worse.")
     trainer_nice: int = Field(
-        10, ge=0, le=19, description="CPU priority (nice level) `asmg train` runs at, below serving; 0: unchanged."
+        10, ge=0, le=19, description="CPU priority (nice level) `asmg trainer` runs at, below serving; 0: unchanged."
     )
 
     @field_validator("hidden", mode="before")
