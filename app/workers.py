@@ -27,12 +27,17 @@ class PortInUse(OSError):
     """Something, perhaps another ``asmg serve``, already listens on the port."""
 
 
+def _tcp_socket(host: str) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # old TIME_WAIT connections are no obstacle
+    return sock
+
+
 def ensure_port_free(host: str, port: int) -> None:
     """Refuse a port something already listens on. Our own sockets share a port
     through SO_REUSEPORT, so a second ``asmg serve`` on it would bind too and
     silently take half the traffic; a probe without the option cannot."""
-    probe = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # old TIME_WAIT connections are no obstacle
+    probe = _tcp_socket(host)
     try:
         probe.bind((host, port))
     except OSError as exc:
@@ -42,9 +47,7 @@ def ensure_port_free(host: str, port: int) -> None:
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock = _tcp_socket(host)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host, port))
     sock.listen(2048)

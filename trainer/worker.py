@@ -328,8 +328,8 @@ def lower_priority(settings: Settings) -> None:
 
     On a machine it shares with ``asmg serve``, a training period or a 6 MB
     publish at equal priority takes CPU from requests in bursts; below them it
-    uses what they leave. Lowering works unprivileged; a level above the
-    current one is refused and logged."""
+    uses what they leave. Only ever lowers the priority (a thread already
+    below the level stays there), which needs no privilege; a failure is logged."""
     if settings.trainer_nice == 0 or not hasattr(os, "setpriority"):
         return
     thread = threading.get_native_id()

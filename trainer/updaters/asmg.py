@@ -79,6 +79,12 @@ def step_weights(strategy: Strategy, steps: int) -> list[float]:
     return [j / total for j in range(1, steps + 1)]
 
 
+def _and_cold(rows: Tensor, cold: Tensor | None = None) -> Tensor:
+    """``rows`` of a table, then the cold sequence's row: its state ``cold``, or zeros
+    (its value, and its state where it has none yet)."""
+    return torch.cat([rows, rows.new_zeros(1, *rows.shape[1:]) if cold is None else cold])
+
+
 def compact_batches(batches: list[Examples]) -> tuple[dict[str, Tensor], list[Examples]]:
     """Rows each embedding table needs for ``batches`` (ascending), and the
     batches with their indices rewritten to point into those compact row sets."""
@@ -223,9 +229,8 @@ class Asmg(Updater):
             live = self.live[name] if rows is None else self.live[name].index_select(0, rows[name])
             where = live.nonzero().squeeze(1)
             table_rows = where if rows is None else rows[name].index_select(0, where)
-            # the live rows, then one row of zeros: the cold sequence
-            inputs = [torch.cat([v.index_select(0, where), v.new_zeros(1, v.shape[1])]) for v in versions]
-            h = torch.cat([h0[name].index_select(0, table_rows), self._cold(h0, name)]) if h0 is not None else None
+            inputs = [_and_cold(v.index_select(0, where)) for v in versions]
+            h = _and_cold(h0[name].index_select(0, table_rows), self._cold(h0, name)) if h0 is not None else None
             for j, out in enumerate(self._run([name], inputs, h, scales[name])):
                 if out is not None:
                     cold = out[-1:]
@@ -245,9 +250,9 @@ class Asmg(Updater):
                     generated[j][name] = part.reshape(self.shapes[name])
         return [{name: g[name] for name in self.shapes if name in g} for g in generated]
 
-    def _cold(self, h0: dict[str, Tensor], name: str) -> Tensor:
-        """The cold sequence's state in ``h0`` (zeros in a state saved before there was one)."""
-        return h0[name + COLD] if name + COLD in h0 else h0[name].new_zeros(1, *h0[name].shape[1:])
+    def _cold(self, h0: dict[str, Tensor] | None, name: str) -> Tensor | None:
+        """The cold sequence's state in ``h0``; None (zeros) without one, or in a state saved before there was one."""
+        return h0.get(name + COLD) if h0 is not None else None
 
     @torch.no_grad()
     def _advance(self, first: Params, newest: Params, h0: dict[str, Tensor] | None) -> dict[str, Tensor]:
@@ -261,9 +266,9 @@ class Asmg(Updater):
             h = h0[name] if h0 is not None else self.generator.zero_state(name, x.shape[0])
             if name in self.live:
                 where = self.live[name].nonzero().squeeze(1)
-                rows = torch.cat([x[where], x.new_zeros(1, x.shape[1])])
-                cold = self._cold(h0, name) if h0 is not None else self.generator.zero_state(name, 1)
-                stepped = self.generator.step(name, rows / scales[name], torch.cat([h[where], cold]))
+                stepped = self.generator.step(
+                    name, _and_cold(x[where]) / scales[name], _and_cold(h[where], self._cold(h0, name))
+                )
                 # rows not live yet keep the cold state: where they start when they turn live
                 state[name] = stepped[-1:].expand_as(h).index_copy(0, where, stepped[:-1])
                 state[name + COLD] = stepped[-1:].contiguous()
