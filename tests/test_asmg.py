@@ -23,9 +23,9 @@ def spy_initial_states(updater: Asmg) -> list[Any]:
     seen: list[Any] = []
     original = updater._train_meta
 
-    def recording(window: Any, targets: Any, h0: Any) -> None:
+    def recording(window: Any, targets: Any, mixes: Any, h0: Any) -> None:
         seen.append(None if h0 is None else {k: v.clone() for k, v in h0.items()})
-        original(window, targets, h0)
+        original(window, targets, mixes, h0)
 
     updater._train_meta = recording  # type: ignore[method-assign]
     return seen
@@ -61,23 +61,48 @@ def test_carried_state_starts_each_window_where_the_last_one_left(
     assert seen == [None]  # the first window starts from zeros
     stored = {k: v.clone() for k, v in updater.hidden.items()}  # type: ignore[union-attr]
     first_of_next_window = updater.models[0]
+    was_live = {t: live.clone() for t, live in updater.live.items()}
     updater.update(data[3])
     assert len(seen) == 2
     for name, value in stored.items():
         torch.testing.assert_close(seen[1][name], value)
     # and the new stored state is one GRU step past the old window's successor, for live rows;
-    # the others hold the cold sequence's state, one step past the old one
+    # the cold sequence's is one step past its old one, and rows turning live start from it
     assert updater.hidden is not None
     expected = updater.generator.step("user_emb", first_of_next_window["user_emb"], stored["user_emb"])  # type: ignore[union-attr, operator]
-    live = updater.live["user_emb"]
+    live = was_live["user_emb"]
     assert 0 < int(live.sum()) < len(live)
     torch.testing.assert_close(updater.hidden["user_emb"][live], expected[live])
     cold = updater.generator.step("user_emb", torch.zeros(1, 8), stored["user_emb" + COLD])  # type: ignore[union-attr, operator]
     torch.testing.assert_close(updater.hidden["user_emb" + COLD], cold)
-    torch.testing.assert_close(updater.hidden["user_emb"][~live], cold.expand(int((~live).sum()), -1, -1))
     first_layer = first_of_next_window["mlp.0.weight"].reshape(1, -1)
     expected = updater.generator.step("mlp.0.weight", first_layer, stored["mlp.0.weight"])  # type: ignore[union-attr, operator]
     torch.testing.assert_close(updater.hidden["mlp.0.weight"], expected)
+
+
+def test_a_row_turning_live_starts_from_the_cold_state(
+    small_log: EncodedLog, small_config: ModelConfig, small_train: TrainConfig
+) -> None:
+    updater = make_updater("asmg-gru-multi", BaseLearner(small_config, small_train, 0), 0, {"window": 2})
+    assert isinstance(updater, Asmg)
+    data = periods(small_log, 6)
+    for p in data[:3]:
+        updater.update(p)
+    assert updater.hidden is not None
+    fresh = int((~updater.live["user_emb"]).nonzero()[0])  # a hashed row no user has reached yet
+    moved = updater.learner.params()["user_emb"][fresh].clone()
+    newcomer = data[3].to_dict()
+    newcomer["user"] = newcomer["user"].clone()
+    newcomer["user"][:20] = fresh  # a new user's first clicks
+    updater.update(Examples.from_dict(newcomer))
+    assert updater.live["user_emb"][fresh] and not torch.equal(updater.models[-1]["user_emb"][fresh], moved)
+    torch.testing.assert_close(updater.hidden["user_emb"][fresh], updater.hidden["user_emb" + COLD][0])
+    # the next period's meta step then carries it from there, as a live row
+    stored = {k: v.clone() for k, v in updater.hidden.items()}
+    first = updater.models[0]["user_emb"][fresh : fresh + 1]
+    updater.update(data[4])
+    expected = updater.generator.step("user_emb", first, stored["user_emb"][fresh : fresh + 1])  # type: ignore[union-attr, operator]
+    torch.testing.assert_close(updater.hidden["user_emb"][fresh : fresh + 1], expected)
 
 
 def test_zero_strategy_always_starts_from_zeros(

