@@ -21,6 +21,7 @@ from trainer.model import (
     DENSE_MEAN_MAX_ROWS,
     EmbMLP,
     _category_means,
+    category_mix,
     checkpoint_bytes,
     load_checkpoint,
     logits,
@@ -165,3 +166,31 @@ def test_small_tables_average_as_the_full_tables_do(small_config: ModelConfig) -
     small_grads = torch.autograd.grad((small_scores * weights).sum(), list(small.values()))
     for name, grad in zip(small, small_grads, strict=True):
         torch.testing.assert_close(grad, full_grads[name][rows[name]] if name in rows else full_grads[name])
+
+
+def test_category_weights_score_as_the_category_fields_do(small_config: ModelConfig) -> None:
+    """The meta generator's per-period category weights stand in for the
+    examples' category fields: same scores, same gradients."""
+    full = {k: v.requires_grad_() for k, v in EmbMLP(small_config).params().items()}
+    batch = random_examples(40, small_config, width=3, categories=small_config.category_buckets, seed=7)
+    mix = category_mix(batch, small_config.category_buckets, chunk=7)  # chunks that do not divide the rows
+    assert mix is not None and 0 < len(mix.rows) <= small_config.category_buckets
+    assert torch.equal(mix.rows, torch.unique(torch.cat([batch.item_cats.flatten(), batch.hist_cats.flatten()]))[1:])
+    cats = full["cat_emb"][mix.rows].detach().requires_grad_()
+    blind = replace(batch, item_cats=batch.item_cats[:, :0], hist_cats=batch.hist_cats[..., :0])
+    weights = torch.randn(len(batch))
+    expected = logits(full, batch, 3)
+    got = logits({**full, "cat_emb": cats}, blind, 3, mix)
+    torch.testing.assert_close(got, expected)
+    (full_grad, item_grad), (cat_grad, mix_item_grad) = (
+        torch.autograd.grad((scores * weights).sum(), [table, full["item_emb"]])
+        for scores, table in ((expected, full["cat_emb"]), (got, cats))
+    )
+    torch.testing.assert_close(cat_grad, full_grad[mix.rows])
+    torch.testing.assert_close(mix_item_grad, item_grad)
+    # a batch of the rows scores as the whole set's rows do
+    some = torch.tensor([3, 17, 5])
+    torch.testing.assert_close(
+        logits({**full, "cat_emb": cats}, blind.select(some), 3, mix.select(some)), expected[some]
+    )
+    assert category_mix(batch, small_config.category_buckets, max_rows=len(mix.rows) - 1) is None
