@@ -54,17 +54,16 @@ def test_embedding_meta_parameters_do_not_grow_with_the_number_of_ids() -> None:
     assert count({"mlp.0.weight": (20, 40)}) == 800 * per_group
 
 
-def test_run_returns_each_steps_output_and_the_state_after_the_first_step() -> None:
+def test_run_returns_each_steps_output() -> None:
     gru = CoordinateGRU({"cat_emb": (3, 2)}, hidden=2)
     xs = [torch.randn(3, 2) for _ in range(3)]
     h0 = torch.randn(3, 2, 2)
-    outputs, first = gru.run("cat_emb", xs, h0)
-    h1 = gru.step("cat_emb", xs[0], h0)
-    torch.testing.assert_close(first, h1)
-    h2 = gru.step("cat_emb", xs[1], h1)
-    h3 = gru.step("cat_emb", xs[2], h2)
-    torch.testing.assert_close(outputs[2], gru.read("cat_emb", h3, xs[2]))
+    outputs = gru.run("cat_emb", xs, h0)
     assert len(outputs) == 3
+    h = h0
+    for x, out in zip(xs, outputs, strict=True):
+        h = gru.step("cat_emb", x, h)
+        torch.testing.assert_close(out, gru.read("cat_emb", h, x))
 
 
 def test_linear_combiner_starts_as_the_average() -> None:
@@ -87,17 +86,17 @@ def test_tensors_run_side_by_side_as_they_run_alone() -> None:
     scales = {"mlp.0.weight": 2.0, "mlp.0.bias": 0.5}
     names = list(shapes)
     joint_scale = torch.tensor([2.0] * 6 + [0.5] * 3)
-    joint, first = gru.run(
+    joint = gru.run(
         names,
         [torch.cat([xs[n][i] for n in names], 1) for i in range(3)],
         torch.cat([h0[n] for n in names], 1),
         joint_scale,
     )
+    first = gru.step(names, torch.cat([xs[n][0] for n in names], 1), torch.cat([h0[n] for n in names], 1))
     combined = lin.combine(names, [torch.cat([xs[n][i] for n in names], 1) for i in range(3)])
     for n, part, part_first, part_lin in zip(
         names, joint[2].split([6, 3], 1), first.split([6, 3], 1), combined.split([6, 3], 1), strict=True
     ):
-        alone, alone_first = gru.run(n, xs[n], h0[n], scales[n])
-        torch.testing.assert_close(part, alone[2])
-        torch.testing.assert_close(part_first, alone_first)
+        torch.testing.assert_close(part, gru.run(n, xs[n], h0[n], scales[n])[2])
+        torch.testing.assert_close(part_first, gru.step(n, xs[n][0], h0[n]))
         torch.testing.assert_close(part_lin, lin.combine(n, xs[n]))

@@ -79,13 +79,6 @@ def _from_groups(x: Tensor, *shape: int) -> Tensor:
     return x.reshape(-1, x.shape[-1]).t().reshape(*shape)
 
 
-def _tanh(x: Tensor) -> Tensor:
-    if x.requires_grad:  # autograd keeps sigmoid's output: nothing in place
-        return torch.tanh(x)
-    # 2σ(2x) − 1: ATen's CPU tanh is ~4x slower than its sigmoid on these sizes
-    return torch.sigmoid(x * 2).mul_(2).sub_(1)
-
-
 def _gates_in(w: _Blocks, x: Tensor) -> Tensor:
     """The input's terms of every gate, ``[G, 3w, R]``, for ``x [G, cg, R]``."""
     return torch.bmm(w.input, x) if w.gate_bias is None else torch.baddbmm(w.gate_bias.unsqueeze(-1), w.input, x)
@@ -99,7 +92,8 @@ def _block_step(
     units = h.shape[1]
     rz = torch.sigmoid(torch.baddbmm(gates_in[:, : 2 * units], w.hidden_rz, h))
     torch.mul(rz[:, :units], h, out=rh)
-    candidate = _tanh(torch.baddbmm(gates_in[:, 2 * units :], w.hidden_h, rh))
+    # tanh(a) = 2σ(2a) − 1: ATen's CPU tanh is ~4x slower than its sigmoid; the 2a comes from the product
+    candidate = torch.baddbmm(gates_in[:, 2 * units :], w.hidden_h, rh, beta=2, alpha=2).sigmoid_().mul_(2).sub_(1)
     if saved is not None:
         saved += [rz, candidate]
     return torch.lerp(h, candidate, rz[:, units:], out=out)
@@ -110,12 +104,12 @@ def _read_out(w: _Blocks, h: Tensor) -> Tensor:
 
 
 class _GroupedWindow(torch.autograd.Function):
-    """A window of GRU steps: ``h0 [G, w, R]`` and inputs ``xs`` (``[G, cg, R]``
-    each) → every step's read-out side by side, ``[G, cg, T·R]``, and the state
-    after the first step. Autograd would record ~20 tensor ops a step and
-    zero-fill whole gate tensors to back-propagate through their slices; this
-    is ~2x faster. States, inputs and gate gradients of all steps lie side by
-    side along the rows, so each weight's gradient is one product."""
+    """A window of GRU steps: ``h0 [G, w, R]`` and every step's inputs side by
+    side, ``xs [G, cg, T·R]`` → every step's read-out, laid out the same way.
+    Autograd would record ~20 tensor ops a step and zero-fill whole gate
+    tensors to back-propagate through their slices; this is ~2x faster.
+    States and gate gradients of all steps lie side by side along the rows
+    too, so each weight's gradient is one product."""
 
     @staticmethod
     def forward(
@@ -127,27 +121,26 @@ class _GroupedWindow(torch.autograd.Function):
         hidden_h: Tensor,
         out_w: Tensor,
         out_b: Tensor,
-        *xs: Tensor,
-    ) -> tuple[Tensor, Tensor]:
+        xs: Tensor,
+    ) -> Tensor:
         w = _Blocks(input, gate_bias, hidden_rz, hidden_h, out_w, out_b)
-        rows, steps = h0.shape[2], len(xs)
+        rows = h0.shape[2]
+        steps = xs.shape[2] // rows
         states = h0.new_empty(*h0.shape[:2], (steps + 1) * rows)  # h_0 … h_T
         states[..., :rows] = h0
         rh_all = h0.new_empty(*h0.shape[:2], steps * rows)
-        x_all = torch.cat(xs, dim=2)
-        gates_in = _gates_in(w, x_all)
+        gates_in = _gates_in(w, xs)
         gates: list[Tensor] = []  # r;z and ĥ of each step
         for t in range(steps):
             now, after = slice(t * rows, (t + 1) * rows), slice((t + 1) * rows, (t + 2) * rows)
             _block_step(w, gates_in[..., now], states[..., now], states[..., after], rh_all[..., now], gates)
-        ctx.mark_non_differentiable(first := states[..., rows : 2 * rows].clone())
         ctx.has_bias = gate_bias is not None
-        ctx.save_for_backward(input, hidden_rz, hidden_h, out_w, states, rh_all, x_all, *gates)
-        return _read_out(w, states[..., rows:]), first
+        ctx.save_for_backward(input, hidden_rz, hidden_h, out_w, states, rh_all, xs, *gates)
+        return _read_out(w, states[..., rows:])
 
     @staticmethod
-    def backward(ctx: Any, d_reads: Tensor, _: Tensor) -> tuple[Tensor | None, ...]:
-        input, hidden_rz, hidden_h, out_w, states, rh_all, x_all, *gates = ctx.saved_tensors
+    def backward(ctx: Any, d_reads: Tensor) -> tuple[Tensor | None, ...]:
+        input, hidden_rz, hidden_h, out_w, states, rh_all, xs, *gates = ctx.saved_tensors
         steps, units = len(gates) // 2, hidden_h.shape[1]
         rows = states.shape[2] // (steps + 1)
         # transposed once: products with a transposed view of a tiny matrix are ~4x slower
@@ -166,18 +159,15 @@ class _GroupedWindow(torch.autograd.Function):
             torch.mul(d_rh, h, out=d[:, :units])
             d[:, : 2 * units].mul_(torch.addcmul(rz, rz, rz, value=-1))  # σ' = σ − σ²
             dh = (dh - d_candidate).addcmul_(d_rh, rz[:, :units]).baddbmm_(rz_t, d[:, : 2 * units])
-        d_xs: list[Tensor | None] = [None] * steps
-        if any(ctx.needs_input_grad[7:]):
-            d_xs = list(torch.bmm(input.transpose(1, 2), d_gates).split(rows, dim=2))
         return (
             dh,
-            torch.bmm(d_gates, x_all.transpose(1, 2)),
+            torch.bmm(d_gates, xs.transpose(1, 2)),
             d_gates.sum(2) if ctx.has_bias else None,
             torch.bmm(d_gates[:, : 2 * units], states[..., : steps * rows].transpose(1, 2)),
             torch.bmm(d_gates[:, 2 * units :], rh_all.transpose(1, 2)),
             torch.bmm(d_reads, states[..., rows:].transpose(1, 2)),
             d_reads.sum(2),
-            *d_xs,
+            torch.bmm(input.transpose(1, 2), d_gates) if ctx.needs_input_grad[7] else None,
         )
 
 
@@ -262,12 +252,9 @@ class CoordinateGRU(nn.Module):
         w = self._blocks(names, h.shape[0])
         return self._finish(_from_groups(_read_out(w, _to_groups(h, w.input.shape[0])), *last.shape), last, scale)
 
-    def run(
-        self, names: Names, inputs: Sequence[Tensor], h0: Tensor, scale: float | Tensor = 1.0
-    ) -> tuple[list[Tensor], Tensor]:
-        """Feed a window of ``[R, c]`` versions; return every step's generated
-        version and the hidden state after the *first* step (the next window's
-        initial state, since windows slide by one).
+    def run(self, names: Names, inputs: Sequence[Tensor], h0: Tensor, scale: float | Tensor = 1.0) -> list[Tensor]:
+        """Feed a window of ``[R, c]`` versions from state ``h0``; return every
+        step's generated version.
 
         Several parameter tensors of one row each (the MLP's) run as one, their
         columns side by side: ``names`` lists them in the order of the columns.
@@ -276,14 +263,12 @@ class CoordinateGRU(nn.Module):
         gives it inputs of order one.
         """
         w = self._blocks(names, h0.shape[0])
-        groups = w.input.shape[0]
-        xs = [_to_groups(x if _unit(scale) else x / scale, groups) for x in inputs]
-        reads, first = _GroupedWindow.apply(_to_groups(h0, groups), *w, *xs)
-        outputs = [
-            self._finish(_from_groups(y, *x.shape), x, scale)
-            for y, x in zip(reads.split(h0.shape[0], dim=2), inputs, strict=True)
-        ]
-        return outputs, _from_groups(first, *h0.shape)
+        rows, cols, steps = h0.shape[0], h0.shape[1], len(inputs)
+        # every step's inputs side by side in one copy: [c, T, R], viewed as [G, cg, T·R]
+        xs = torch.stack([(x if _unit(scale) else x / scale).t() for x in inputs], dim=1)
+        reads = _GroupedWindow.apply(_to_groups(h0, w.input.shape[0]), *w, xs.view(w.input.shape[0], -1, steps * rows))
+        per_step = reads.view(cols, steps, rows).permute(1, 2, 0).contiguous()  # [T, R, c]
+        return [self._finish(y, x, scale) for y, x in zip(per_step.unbind(0), inputs, strict=True)]
 
     def _blocks(self, names: Names, rows: int) -> _Blocks:
         """The GRU weights of ``names``' columns, side by side, in column groups."""
@@ -297,21 +282,23 @@ class CoordinateGRU(nn.Module):
         per = group_columns(c, rows, d)
         groups = c // per
         eye = torch.eye(per)
-        # multiplying by the identity puts column i's weights in block (i, i); it is differentiable
+
+        def blocks(spec: str, weights: Tensor) -> Tensor:
+            """Column ``c``'s weights in block (c, c): the product with the identity ``e``,
+            or, with one column per group, just the axes in the output's order."""
+            given, out = spec.split("->")
+            if per == 1:
+                return torch.einsum(f"{given}->{out.replace('e', '')}", weights)
+            return torch.einsum(f"{given},ce->{out}", weights, eye)
+
         bias = joined(self.gate_b) if keys[0] in self.gate_b else None
-        rz = joined(self.hidden_rz).view(groups, per, d, 2, d)
+        w, rz = per * d, joined(self.hidden_rz).view(groups, per, d, 2, d)
         return _Blocks(
-            input=torch.einsum("gcsj,ce->gsejc", joined(self.input_w).view(groups, per, 3, d), eye).reshape(
-                groups, 3 * per * d, per
-            ),
+            input=blocks("gcsj->gsejc", joined(self.input_w).view(groups, per, 3, d)).reshape(groups, 3 * w, per),
             gate_bias=None if bias is None else bias.view(groups, per, 3, d).transpose(1, 2).reshape(groups, -1),
-            hidden_rz=torch.einsum("gcisj,ce->gsejci", rz, eye).reshape(groups, 2 * per * d, per * d),
-            hidden_h=torch.einsum("gcij,ce->gejci", joined(self.hidden_h).view(groups, per, d, d), eye).reshape(
-                groups, per * d, per * d
-            ),
-            out_w=torch.einsum("gci,ce->geci", joined(self.out_w).view(groups, per, d), eye).reshape(
-                groups, per, per * d
-            ),
+            hidden_rz=blocks("gcisj->gsejci", rz).reshape(groups, 2 * w, w),
+            hidden_h=blocks("gcij->gejci", joined(self.hidden_h).view(groups, per, d, d)).reshape(groups, w, w),
+            out_w=blocks("gci->geci", joined(self.out_w).view(groups, per, d)).reshape(groups, per, w),
             out_b=joined(self.out_b).view(groups, per),
         )
 

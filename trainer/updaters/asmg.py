@@ -198,8 +198,7 @@ class Asmg(Updater):
         if isinstance(self.generator, LinearCombiner):
             return [None] * (len(inputs) - 1) + [self.generator.combine(names, inputs)]
         h = h0 if h0 is not None else self.generator.zero_state(names, inputs[0].shape[0])
-        outputs, _ = self.generator.run(names, inputs, h, scale)
-        return list(outputs)
+        return list(self.generator.run(names, inputs, h, scale))
 
     def _scales(self, newest: Params) -> dict[str, float]:
         if not self.meta.input_scale:
@@ -253,27 +252,53 @@ class Asmg(Updater):
                 self.meta_optimizer.step()
 
     def _generate_rows(
-        self, window: list[Params], rows: dict[str, Tensor] | None, h0: dict[str, Tensor] | None, steps: list[int]
+        self, window: list[Params], rows: dict[str, Tensor], h0: dict[str, Tensor] | None, steps: list[int]
     ) -> dict[int, Params]:
-        """The generated parameters after each window step in ``steps``; embedding
-        tables hold only ``rows[table]`` (all rows when ``rows`` is None), live ones generated."""
-        generated: dict[int, Params] = {j: {} for j in steps}
+        """The generated parameters after each window step in ``steps``, embedding
+        tables holding only ``rows[table]``, in that order."""
         scales = self._scales(window[-1])
-        for name in self.live:
-            versions = [m[name] if rows is None else m[name].index_select(0, rows[name]) for m in window]
-            live = self.live[name] if rows is None else self.live[name].index_select(0, rows[name])
-            where = live.nonzero().squeeze(1)
-            table_rows = where if rows is None else rows[name].index_select(0, where)
-            inputs = [_and_cold(v.index_select(0, where)) for v in versions]
-            h = _and_cold(h0[name].index_select(0, table_rows), self._cold(h0, name)) if h0 is not None else None
-            outputs = self._run([name], inputs, h, scales[name])
-            for j in steps:
-                out = outputs[j]
-                assert out is not None  # the linear combiner has only its last step, the only one asked of it
-                cold = out[-1:]
-                dead = versions[j] + cold if self.meta.readout == "residual" else cold.expand_as(versions[j])
-                generated[j][name] = dead.index_copy(0, where, out[:-1])
-        # the MLP's tensors run side by side, as one row: a sixth of the tensor ops
+        tables = {name: self._table_rows(name, window, rows[name], h0, scales[name], steps) for name in self.live}
+        mlp = self._mlp(window, h0, scales, steps)
+        return {j: {name: tables[name][j] if name in tables else mlp[j][name] for name in self.shapes} for j in steps}
+
+    def _table_rows(
+        self,
+        name: str,
+        window: list[Params],
+        rows: Tensor,
+        h0: dict[str, Tensor] | None,
+        scale: float,
+        steps: list[int],
+    ) -> dict[int, Tensor]:
+        """Rows ``rows`` of table ``name`` generated after each window step in ``steps``.
+        Live rows run from their own states; the others, which every version holds
+        at their initial values, run as the cold sequence does (zero inputs, from
+        the cold state), so each gets the cold sequence's output (plus its initial
+        value, residual read-out)."""
+        versions = [m[name].index_select(0, rows) for m in window]
+        live = self.live[name].index_select(0, rows)
+        h = h0[name].index_select(0, rows) if h0 is not None else None
+        inputs = versions
+        if not bool(live.all()):
+            inputs = [v * live.unsqueeze(1) for v in versions]
+            if h is not None:
+                cold = self._cold(h0, name)
+                h = torch.where(live[:, None, None], h, cold if cold is not None else torch.zeros(()))
+        outputs = self._run([name], inputs, h, scale)
+        generated = {}
+        for j in steps:
+            out = outputs[j]
+            assert out is not None  # the linear combiner has only its last step, the only one asked of it
+            if self.meta.readout == "residual" and inputs is not versions:
+                out = out + versions[j] * ~live.unsqueeze(1)  # the read-out added a zero input, not the value
+            generated[j] = out
+        return generated
+
+    def _mlp(
+        self, window: list[Params], h0: dict[str, Tensor] | None, scales: dict[str, float], steps: list[int]
+    ) -> dict[int, Params]:
+        """The MLP's tensors generated after each window step in ``steps``. They run
+        side by side, as one row: a sixth of the tensor ops."""
         mlp = [name for name in self.shapes if name not in self.live]
         widths = [math.prod(self.shapes[name]) for name in mlp]
         inputs = [torch.cat([m[name].reshape(1, -1) for name in mlp], dim=1) for m in window]
@@ -282,12 +307,14 @@ class Asmg(Updater):
         if any(scales[name] != 1.0 for name in mlp):
             scale = torch.cat([torch.full((w,), scales[name]) for name, w in zip(mlp, widths, strict=True)])
         outputs = self._run(mlp, inputs, h, scale)
+        generated: dict[int, Params] = {}
         for j in steps:
             out = outputs[j]
             assert out is not None
-            for name, part in zip(mlp, out.split(widths, dim=1), strict=True):
-                generated[j][name] = part.reshape(self.shapes[name])
-        return {j: {name: g[name] for name in self.shapes} for j, g in generated.items()}
+            generated[j] = {
+                n: part.reshape(self.shapes[n]) for n, part in zip(mlp, out.split(widths, dim=1), strict=True)
+            }
+        return generated
 
     def _cold(self, h0: dict[str, Tensor] | None, name: str) -> Tensor | None:
         """The cold sequence's state in ``h0``; None (zeros) without one, or in a state saved before there was one."""
@@ -322,7 +349,21 @@ class Asmg(Updater):
         self.generator.eval()
         h0 = self.hidden if self.carries_state else None
         window = self._window()
-        return self._generate_rows(window, None, h0, [len(window) - 1])[len(window) - 1]
+        last = len(window) - 1
+        scales = self._scales(window[-1])
+        generated = self._mlp(window, h0, scales, [last])[last]
+        for name, live in self.live.items():
+            # the live rows, and one never-moved row standing for all the others
+            where, dead = live.nonzero().squeeze(1), (~live).nonzero()[:1, 0]
+            out = self._table_rows(name, window, torch.cat([where, dead]), h0, scales[name], [last])[last]
+            if not len(dead):
+                generated[name] = out
+                continue
+            newest = window[-1][name]
+            shift = out[-1:] - newest[dead] if self.meta.readout == "residual" else None
+            filled = newest + shift if shift is not None else out[-1:].expand_as(newest)
+            generated[name] = filled.index_copy(0, where, out[:-1])
+        return {name: generated[name] for name in self.shapes}
 
     # -- persistence --------------------------------------------------------------
 
