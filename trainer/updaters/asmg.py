@@ -36,7 +36,7 @@ from torch import Tensor
 
 from trainer.features import Examples
 from trainer.learner import BaseLearner, seeded_generator
-from trainer.meta import CoordinateGRU, LinearCombiner, Readout, as_rows
+from trainer.meta import CoordinateGRU, LinearCombiner, Readout
 from trainer.model import EMBEDDING_TABLES, CategoryMix, Params, category_mix, logits
 from trainer.updaters.base import Updater
 
@@ -136,6 +136,8 @@ class Asmg(Updater):
         # the linear generator, whose cost is a weighted sum and needs no shortcut)
         linear = meta.generator == "linear"
         self.live = {t: torch.full((self.shapes[t][0],), linear) for t in EMBEDDING_TABLES if t in self.shapes}
+        self.mlp = [name for name in self.shapes if name not in self.live]  # generated as one row
+        self.mlp_widths = [math.prod(self.shapes[name]) for name in self.mlp]
 
     @property
     def carries_state(self) -> bool:
@@ -299,8 +301,7 @@ class Asmg(Updater):
     ) -> dict[int, Params]:
         """The MLP's tensors generated after each window step in ``steps``. They run
         side by side, as one row: a sixth of the tensor ops."""
-        mlp = [name for name in self.shapes if name not in self.live]
-        widths = [math.prod(self.shapes[name]) for name in mlp]
+        mlp, widths = self.mlp, self.mlp_widths
         inputs = [torch.cat([m[name].reshape(1, -1) for name in mlp], dim=1) for m in window]
         h = torch.cat([h0[name] for name in mlp], dim=1) if h0 is not None else None
         scale: float | Tensor = 1.0
@@ -329,18 +330,25 @@ class Asmg(Updater):
         assert isinstance(self.generator, CoordinateGRU)
         state = dict(h0) if h0 is not None else {}
         scales = self._scales(newest)
-        for name in self.shapes:
-            x = as_rows(name, first[name])
+        for name in self.live:
+            x = first[name]
             h = h0[name] if h0 is not None else self.generator.zero_state(name, x.shape[0])
-            if name in self.live:
-                where = self.live[name].nonzero().squeeze(1)
-                stepped = self.generator.step(
-                    name, _and_cold(x[where]) / scales[name], _and_cold(h[where], self._cold(h0, name))
-                )
-                state[name] = h.index_copy_(0, where, stepped[:-1])
-                state[name + COLD] = stepped[-1:].contiguous()
-            else:
-                state[name] = self.generator.step(name, x / scales[name], h).contiguous()
+            where = self.live[name].nonzero().squeeze(1)
+            stepped = self.generator.step(
+                name, _and_cold(x[where]) / scales[name], _and_cold(h[where], self._cold(h0, name))
+            )
+            state[name] = h.index_copy_(0, where, stepped[:-1])
+            state[name + COLD] = stepped[-1:].contiguous()
+        # the MLP's tensors side by side, as in training
+        x = torch.cat([first[name].reshape(1, -1) / scales[name] for name in self.mlp], dim=1)
+        h = (
+            torch.cat([h0[name] for name in self.mlp], dim=1)
+            if h0 is not None
+            else self.generator.zero_state(self.mlp, 1)
+        )
+        stepped = self.generator.step(self.mlp, x, h)
+        for name, part in zip(self.mlp, stepped.split(self.mlp_widths, dim=1), strict=True):
+            state[name] = part.contiguous()
         return state
 
     @torch.no_grad()
