@@ -53,7 +53,9 @@ class _Blocks(NamedTuple):
 
 
 # Hidden units per column group on tables of many rows. Larger groups mean
-# fewer, larger products but more multiplications by zero.
+# fewer, larger products but more multiplications by zero: for 2,747 rows × 8
+# columns (3 steps, forward and backward) 4 to 16 units measured alike, ~6 ms,
+# and 32 units ~25% slower.
 GROUP_UNITS = 8
 
 
@@ -66,16 +68,15 @@ def group_columns(cols: int, rows: int, hidden: int) -> int:
     return max(g for g in range(1, max(1, GROUP_UNITS // hidden) + 1) if cols % g == 0)
 
 
-# Rows are the last, contiguous axis throughout, so every elementwise op runs
-# along rows; with a short unit axis last (the layout before) ops ran ~3x slower.
-
-
 def _to_groups(x: Tensor, groups: int) -> Tensor:
-    """``[R, c]`` or ``[R, c, d]`` → ``[G, c/G (·d), R]``."""
+    """``[R, c]`` or ``[R, c, d]`` → ``[G, c/G (·d), R]``. Rows are the last,
+    contiguous axis throughout, so every elementwise op runs along rows; with
+    the short unit axis last, ops ran ~3x slower."""
     return x.reshape(x.shape[0], -1).t().contiguous().view(groups, -1, x.shape[0])
 
 
 def _from_groups(x: Tensor, *shape: int) -> Tensor:
+    """The inverse of :func:`_to_groups`, to ``shape``."""
     return x.reshape(-1, x.shape[-1]).t().reshape(*shape)
 
 

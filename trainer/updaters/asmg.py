@@ -395,6 +395,7 @@ class Asmg(Updater):
         self.rng.set_state(state["rng"])
         self.models = list(state["models"])
         self.periods = [Examples.from_dict(p) for p in state["periods"]]
+        self.mixes = []  # made again from the periods at the next update
         self.hidden = state["hidden"]
         self.meta_periods = int(state["meta_periods"])
         # a state saved before live rows were tracked generated every row: keep doing so
