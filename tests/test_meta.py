@@ -142,3 +142,41 @@ def test_window_values_and_gradients_match_plain_autograd(rows: int, cols: int, 
     (got, got_grads), (expected, expected_grads) = results
     for a, b in zip([*got, *got_grads], [*expected, *expected_grads], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_a_tiled_table_runs_in_a_row_as_it_runs_alone() -> None:
+    """A small table's rows, laid end to end in the MLP's row (each column of
+    each row with its column's GRU), give the values and gradients of the table
+    run on its own."""
+    shapes = {"cat_emb": (4, 3), "mlp.0.bias": (5,)}
+    gru = CoordinateGRU(shapes, hidden=2, readout="residual", gate_bias=True)
+    with torch.no_grad():
+        for p in gru.parameters():
+            p.add_(torch.randn_like(p))
+    table = [torch.randn(4, 3) for _ in range(3)]
+    bias = [torch.randn(1, 5) for _ in range(3)]
+    h_table, h_bias = torch.randn(4, 3, 2), torch.randn(1, 5, 2)
+    weights = [torch.randn(4, 3) for _ in range(3)]
+    params = list(gru.parameters())
+    row = gru.run(
+        ["mlp.0.bias", "cat_emb"],
+        [torch.cat([b, t.reshape(1, -1)], 1) for b, t in zip(bias, table, strict=True)],
+        torch.cat([h_bias, h_table.reshape(1, -1, 2)], 1),
+        tiled={"cat_emb": 4},
+    )
+    in_row = [out[:, 5:].reshape(4, 3) for out in row]
+    alone = gru.run("cat_emb", table, h_table)
+    for a, b in zip(in_row, alone, strict=True):
+        torch.testing.assert_close(a, b)
+    grads = [
+        torch.autograd.grad(
+            sum((out * w).sum() for out, w in zip(outs, weights, strict=True)), params, allow_unused=True
+        )
+        for outs in (in_row, alone)
+    ]
+    for a, b in zip(*grads, strict=True):
+        if a is None or b is None:
+            assert a is None or not a.any()
+            continue
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(row[2][:, :5], gru.run("mlp.0.bias", bias, h_bias)[2])

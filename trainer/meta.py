@@ -253,17 +253,26 @@ class CoordinateGRU(nn.Module):
         w = self._blocks(names, h.shape[0])
         return self._finish(_from_groups(_read_out(w, _to_groups(h, w.input.shape[0])), *last.shape), last, scale)
 
-    def run(self, names: Names, inputs: Sequence[Tensor], h0: Tensor, scale: float | Tensor = 1.0) -> list[Tensor]:
+    def run(
+        self,
+        names: Names,
+        inputs: Sequence[Tensor],
+        h0: Tensor,
+        scale: float | Tensor = 1.0,
+        tiled: Mapping[str, int] | None = None,
+    ) -> list[Tensor]:
         """Feed a window of ``[R, c]`` versions from state ``h0``; return every
         step's generated version.
 
         Several parameter tensors of one row each (the MLP's) run as one, their
         columns side by side: ``names`` lists them in the order of the columns.
+        A table in ``tiled`` joins such a row as that many of its rows, laid
+        end to end, each column of each row with its column's GRU.
         The GRU sees ``θ / scale`` (a float, or one per column) and its read-out
         is multiplied by ``scale``, so a ``scale`` near the parameter's magnitude
         gives it inputs of order one.
         """
-        w = self._blocks(names, h0.shape[0])
+        w = self._blocks(names, h0.shape[0], tiled or {})
         rows, cols, steps = h0.shape[0], h0.shape[1], len(inputs)
         # every step's inputs side by side in one copy: [c, T, R], viewed as [G, cg, T·R]
         xs = torch.stack([(x if _unit(scale) else x / scale).t() for x in inputs], dim=1)
@@ -271,15 +280,19 @@ class CoordinateGRU(nn.Module):
         per_step = reads.view(cols, steps, rows).permute(1, 2, 0).contiguous()  # [T, R, c]
         return [self._finish(y, x, scale) for y, x in zip(per_step.unbind(0), inputs, strict=True)]
 
-    def _blocks(self, names: Names, rows: int) -> _Blocks:
-        """The GRU weights of ``names``' columns, side by side, in column groups."""
-        keys = [module_key(n) for n in _names(names)]
+    def _blocks(self, names: Names, rows: int, tiled: Mapping[str, int] | None = None) -> _Blocks:
+        """The GRU weights of ``names``' columns, side by side (a tiled table's
+        once per row), in column groups."""
+        tiled = tiled or {}
+        keys = [(module_key(n), tiled.get(n, 1)) for n in _names(names)]
 
         def joined(store: nn.ParameterDict) -> Tensor:
-            parts = [store[k] for k in keys]
+            parts = [
+                store[k] if times == 1 else store[k].repeat(times, *[1] * (store[k].dim() - 1)) for k, times in keys
+            ]
             return parts[0] if len(parts) == 1 else torch.cat(parts)
 
-        c, d = sum(self.cols[n] for n in _names(names)), self.hidden
+        c, d = sum(self.cols[n] * tiled.get(n, 1) for n in _names(names)), self.hidden
         per = group_columns(c, rows, d)
         groups = c // per
         eye = torch.eye(per)
@@ -292,7 +305,7 @@ class CoordinateGRU(nn.Module):
                 return torch.einsum(f"{given}->{out.replace('e', '')}", weights)
             return torch.einsum(f"{given},ce->{out}", weights, eye)
 
-        bias = joined(self.gate_b) if keys[0] in self.gate_b else None
+        bias = joined(self.gate_b) if keys[0][0] in self.gate_b else None
         w, rz = per * d, joined(self.hidden_rz).view(groups, per, d, 2, d)
         return _Blocks(
             input=blocks("gcsj->gsejc", joined(self.input_w).view(groups, per, 3, d)).reshape(groups, 3 * w, per),

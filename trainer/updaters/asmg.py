@@ -28,7 +28,7 @@ import math
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -78,6 +78,21 @@ def step_weights(strategy: Strategy, steps: int) -> list[float]:
         return [1.0 / steps] * steps
     total = steps * (steps + 1) / 2
     return [j / total for j in range(1, steps + 1)]
+
+
+# A table with at most this many coordinates (rows × columns) in a step joins
+# the MLP's GRU call as a row of coordinates rather than making a call of its
+# own: a call costs ~1 ms of fixed overhead, and ~20 category rows very little.
+ONE_ROW_MAX = 512
+
+
+class _TableRows(NamedTuple):
+    """Some rows of a table as the GRU is fed them (see ``Asmg._table_inputs``)."""
+
+    versions: list[Tensor]  # the window's values of the rows
+    live: Tensor  # which rows are live
+    inputs: list[Tensor]  # the values, zero at rows not live
+    h: Tensor | None  # their states, the cold state at rows not live
 
 
 def _and_cold(rows: Tensor, cold: Tensor | None = None) -> Tensor:
@@ -195,12 +210,17 @@ class Asmg(Updater):
     # -- the generator over parameter sequences ---------------------------------
 
     def _run(
-        self, names: list[str], inputs: list[Tensor], h0: Tensor | None, scale: float | Tensor
+        self,
+        names: list[str],
+        inputs: list[Tensor],
+        h0: Tensor | None,
+        scale: float | Tensor,
+        tiled: dict[str, int] | None = None,
     ) -> list[Tensor | None]:
         if isinstance(self.generator, LinearCombiner):
             return [None] * (len(inputs) - 1) + [self.generator.combine(names, inputs)]
-        h = h0 if h0 is not None else self.generator.zero_state(names, inputs[0].shape[0])
-        return list(self.generator.run(names, inputs, h, scale))
+        h = h0 if h0 is not None else inputs[0].new_zeros(*inputs[0].shape, self.generator.hidden)
+        return list(self.generator.run(names, inputs, h, scale, tiled))
 
     def _scales(self, newest: Params) -> dict[str, float]:
         if not self.meta.input_scale:
@@ -259,62 +279,78 @@ class Asmg(Updater):
         """The generated parameters after each window step in ``steps``, embedding
         tables holding only ``rows[table]``, in that order."""
         scales = self._scales(window[-1])
-        tables = {name: self._table_rows(name, window, rows[name], h0, scales[name], steps) for name in self.live}
-        mlp = self._mlp(window, h0, scales, steps)
-        return {j: {name: tables[name][j] if name in tables else mlp[j][name] for name in self.shapes} for j in steps}
+        small = {
+            name: rows[name]
+            for name in self.live
+            if isinstance(self.generator, CoordinateGRU) and rows[name].numel() * self.shapes[name][1] <= ONE_ROW_MAX
+        }
+        generated = self._one_row(window, h0, scales, steps, small)
+        for name in self.live:
+            if name not in small:
+                table = self._table_inputs(name, window, rows[name], h0)
+                outputs = self._run([name], table.inputs, table.h, scales[name])
+                for j in steps:
+                    generated[j][name] = self._table_output(table, outputs[j], j)
+        return {j: {name: g[name] for name in self.shapes} for j, g in generated.items()}
 
-    def _table_rows(
-        self,
-        name: str,
-        window: list[Params],
-        rows: Tensor,
-        h0: dict[str, Tensor] | None,
-        scale: float,
-        steps: list[int],
-    ) -> dict[int, Tensor]:
-        """Rows ``rows`` of table ``name`` generated after each window step in ``steps``.
-        Live rows run from their own states; the others, which every version holds
-        at their initial values, run as the cold sequence does (zero inputs, from
-        the cold state), so each gets the cold sequence's output (plus its initial
-        value, residual read-out)."""
+    def _table_inputs(self, name: str, window: list[Params], rows: Tensor, h0: dict[str, Tensor] | None) -> _TableRows:
+        """What the GRU is fed for rows ``rows`` of table ``name``. Live rows run
+        from their own states; the others, which every version holds at their
+        initial values, run as the cold sequence does (zero inputs, from the cold
+        state), so each gets the cold sequence's output (plus its initial value,
+        residual read-out)."""
         versions = [m[name].index_select(0, rows) for m in window]
         live = self.live[name].index_select(0, rows)
         h = h0[name].index_select(0, rows) if h0 is not None else None
-        inputs = versions
-        if not bool(live.all()):
-            inputs = [v * live.unsqueeze(1) for v in versions]
-            if h is not None:
-                cold = self._cold(h0, name)
-                h = torch.where(live[:, None, None], h, cold if cold is not None else torch.zeros(()))
-        outputs = self._run([name], inputs, h, scale)
-        generated = {}
-        for j in steps:
-            out = outputs[j]
-            assert out is not None  # the linear combiner has only its last step, the only one asked of it
-            if self.meta.readout == "residual" and inputs is not versions:
-                out = out + versions[j] * ~live.unsqueeze(1)  # the read-out added a zero input, not the value
-            generated[j] = out
-        return generated
+        if bool(live.all()):
+            return _TableRows(versions, live, versions, h)
+        if h is not None:
+            cold = self._cold(h0, name)
+            h = torch.where(live[:, None, None], h, cold if cold is not None else torch.zeros(()))
+        return _TableRows(versions, live, [v * live.unsqueeze(1) for v in versions], h)
 
-    def _mlp(
-        self, window: list[Params], h0: dict[str, Tensor] | None, scales: dict[str, float], steps: list[int]
+    def _table_output(self, table: _TableRows, out: Tensor | None, step: int) -> Tensor:
+        assert out is not None  # the linear combiner has only its last step, the only one asked of it
+        if self.meta.readout == "residual" and table.inputs is not table.versions:
+            return out + table.versions[step] * ~table.live.unsqueeze(1)  # the read-out added a zero input
+        return out
+
+    def _one_row(
+        self,
+        window: list[Params],
+        h0: dict[str, Tensor] | None,
+        scales: dict[str, float],
+        steps: list[int],
+        tables: dict[str, Tensor],
     ) -> dict[int, Params]:
-        """The MLP's tensors generated after each window step in ``steps``. They run
-        side by side, as one row: a sixth of the tensor ops."""
-        mlp, widths = self.mlp, self.mlp_widths
-        inputs = [torch.cat([m[name].reshape(1, -1) for name in mlp], dim=1) for m in window]
-        h = torch.cat([h0[name] for name in mlp], dim=1) if h0 is not None else None
+        """The MLP's tensors, and rows ``tables[name]`` of small tables, generated
+        after each window step in ``steps``. They run side by side as one row of
+        coordinates (a table's rows end to end): one GRU call for all of them."""
+        names, widths = list(self.mlp), list(self.mlp_widths)
+        inputs = [[m[name].reshape(1, -1) for name in self.mlp] for m in window]
+        h = [h0[name] for name in self.mlp] if h0 is not None else None
+        prepared = {name: self._table_inputs(name, window, rows, h0) for name, rows in tables.items()}
+        for name, table in prepared.items():
+            names.append(name)
+            widths.append(table.versions[0].numel())
+            for parts, x in zip(inputs, table.inputs, strict=True):
+                parts.append(x.reshape(1, -1))
+            if h is not None and table.h is not None:
+                h.append(table.h.reshape(1, -1, table.h.shape[-1]))
         scale: float | Tensor = 1.0
-        if any(scales[name] != 1.0 for name in mlp):
-            scale = torch.cat([torch.full((w,), scales[name]) for name, w in zip(mlp, widths, strict=True)])
-        outputs = self._run(mlp, inputs, h, scale)
+        if any(scales[name] != 1.0 for name in names):
+            scale = torch.cat([torch.full((w,), scales[name]) for name, w in zip(names, widths, strict=True)])
+        joined = [torch.cat(parts, dim=1) for parts in inputs]
+        state = torch.cat(h, dim=1) if h is not None else None
+        outputs = self._run(names, joined, state, scale, {name: len(rows) for name, rows in tables.items()})
         generated: dict[int, Params] = {}
         for j in steps:
             out = outputs[j]
             assert out is not None
-            generated[j] = {
-                n: part.reshape(self.shapes[n]) for n, part in zip(mlp, out.split(widths, dim=1), strict=True)
-            }
+            split = dict(zip(names, out.split(widths, dim=1), strict=True))
+            generated[j] = {name: split[name].reshape(self.shapes[name]) for name in self.mlp}
+            for name, table in prepared.items():
+                generated[j][name] = self._table_output(table, split[name].reshape(-1, self.shapes[name][1]), j)
         return generated
 
     def _cold(self, h0: dict[str, Tensor] | None, name: str) -> Tensor | None:
@@ -358,20 +394,18 @@ class Asmg(Updater):
         h0 = self.hidden if self.carries_state else None
         window = self._window()
         last = len(window) - 1
-        scales = self._scales(window[-1])
-        generated = self._mlp(window, h0, scales, [last])[last]
-        for name, live in self.live.items():
-            # the live rows, and one never-moved row standing for all the others
-            where, dead = live.nonzero().squeeze(1), (~live).nonzero()[:1, 0]
-            out = self._table_rows(name, window, torch.cat([where, dead]), h0, scales[name], [last])[last]
-            if not len(dead):
-                generated[name] = out
-                continue
-            newest = window[-1][name]
-            shift = out[-1:] - newest[dead] if self.meta.readout == "residual" else None
+        # per table, the live rows and one never-moved row standing for all the others
+        dead = {name: (~live).nonzero()[:1, 0] for name, live in self.live.items()}
+        rows = {name: torch.cat([live.nonzero().squeeze(1), dead[name]]) for name, live in self.live.items()}
+        generated = self._generate_rows(window, rows, h0, [last])[last]
+        for name in self.live:
+            if not len(dead[name]):
+                continue  # every row live: the table is whole
+            out, newest, where = generated[name], window[-1][name], rows[name][:-1]
+            shift = out[-1:] - newest[dead[name]] if self.meta.readout == "residual" else None
             filled = newest + shift if shift is not None else out[-1:].expand_as(newest)
             generated[name] = filled.index_copy(0, where, out[:-1])
-        return {name: generated[name] for name in self.shapes}
+        return generated
 
     # -- persistence --------------------------------------------------------------
 
