@@ -124,21 +124,21 @@ def category_mix(
     parts = [(ex.item_cats[i : i + chunk], ex.hist_cats[i : i + chunk]) for i in range(0, len(ex), chunk)]
     used = torch.zeros(buckets + 1, dtype=torch.bool)  # -1, padding, marks the last place
     for item_cats, hist_cats in parts:
-        used.index_fill_(0, torch.cat([item_cats.reshape(-1), hist_cats.reshape(-1)]).long(), True)
+        used.index_fill_(0, item_cats.reshape(-1).long(), True)
+        used.index_fill_(0, hist_cats.reshape(-1).long(), True)
     rows = used[:-1].nonzero().squeeze(1)
     if len(rows) > max_rows:
         return None
-    # position[r + 1]: row r's column; padding (r = -1) goes to column 0 with weight 0
-    position = torch.zeros(buckets + 1, dtype=torch.long)
+    # position[r + 1]: row r's column; padding (r = -1) goes to an extra column, dropped
+    position = torch.full((buckets + 1,), len(rows), dtype=torch.long)
     position[rows + 1] = torch.arange(len(rows))
 
     def weights(cats: Tensor, per_item: Tensor) -> Tensor:
         """``[n, U]`` from ``cats [n, K, C]``: each valid category ``per_item / (valid ones in its group)``."""
-        valid = cats >= 0
-        share = per_item / valid.sum(-1).clamp(min=1)
+        share = per_item / (cats >= 0).sum(-1).clamp(min=1)
         columns = position.index_select(0, (cats + 1).reshape(-1)).view(cats.shape[0], -1)
-        values = (valid * share.unsqueeze(-1)).reshape(cats.shape[0], -1)
-        return values.new_zeros(cats.shape[0], len(rows)).scatter_add_(1, columns, values)
+        values = share.unsqueeze(-1).expand(cats.shape).reshape(cats.shape[0], -1)
+        return share.new_zeros(cats.shape[0], len(rows) + 1).scatter_add_(1, columns, values)[:, :-1]
 
     item, history = [], []
     for i, (item_cats, hist_cats) in enumerate(parts):
