@@ -194,3 +194,5 @@ def test_category_weights_score_as_the_category_fields_do(small_config: ModelCon
         logits({**full, "cat_emb": cats}, blind.select(some), 3, mix.select(some)), expected[some]
     )
     assert category_mix(batch, small_config.category_buckets, max_rows=len(mix.rows) - 1) is None
+    empty = category_mix(batch.select(torch.arange(0)), small_config.category_buckets)
+    assert empty is not None and empty.item.shape == empty.history.shape == (0, 0)

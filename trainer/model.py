@@ -140,7 +140,7 @@ def category_mix(
         values = share.unsqueeze(-1).expand(cats.shape).reshape(cats.shape[0], -1)
         return share.new_zeros(cats.shape[0], len(rows) + 1).scatter_add_(1, columns, values)[:, :-1]
 
-    item, history = [], []
+    item, history = [torch.zeros(0, len(rows))], [torch.zeros(0, len(rows))]  # an empty set has no rows
     for i, (item_cats, hist_cats) in enumerate(parts):
         item.append(weights(item_cats.unsqueeze(1), torch.ones(len(item_cats), 1)))
         history.append(weights(hist_cats, _mean_weights(ex.hist_items[i * chunk : (i + 1) * chunk])))
