@@ -196,3 +196,12 @@ def test_category_weights_score_as_the_category_fields_do(small_config: ModelCon
     assert category_mix(batch, small_config.category_buckets, max_rows=len(mix.rows) - 1) is None
     empty = category_mix(batch.select(torch.arange(0)), small_config.category_buckets)
     assert empty is not None and empty.item.shape == empty.history.shape == (0, 0)
+    # examples naming no category at all: no columns, and scores as the category fields give them
+    none = replace(
+        batch, item_cats=torch.full_like(batch.item_cats, -1), hist_cats=torch.full_like(batch.hist_cats, -1)
+    )
+    bare = category_mix(none, small_config.category_buckets)
+    assert bare is not None and bare.item.shape == bare.history.shape == (len(batch), 0)
+    torch.testing.assert_close(
+        logits({**full, "cat_emb": full["cat_emb"][:0]}, blind, 3, bare).detach(), logits(full, none, 3).detach()
+    )

@@ -237,8 +237,9 @@ class CoordinateGRU(nn.Module):
                 self.out_w[k] = nn.Parameter(torch.zeros(c, d))
                 self.out_b[k] = nn.Parameter(torch.zeros(c))
 
-    def zero_state(self, names: Names, rows: int) -> Tensor:
-        return torch.zeros(rows, sum(self.cols[n] for n in _names(names)), self.hidden)
+    def zero_state(self, x: Tensor) -> Tensor:
+        """The initial state ``[R, c, d]`` for inputs ``x [R, c]``."""
+        return x.new_zeros(*x.shape, self.hidden)
 
     @torch.no_grad()
     def step(self, names: Names, x: Tensor, h: Tensor) -> Tensor:
@@ -272,7 +273,7 @@ class CoordinateGRU(nn.Module):
         is multiplied by ``scale``, so a ``scale`` near the parameter's magnitude
         gives it inputs of order one.
         """
-        w = self._blocks(names, h0.shape[0], tiled or {})
+        w = self._blocks(names, h0.shape[0], tiled)
         rows, cols, steps = h0.shape[0], h0.shape[1], len(inputs)
         # every step's inputs side by side in one copy: [c, T, R], viewed as [G, cg, T·R]
         xs = torch.stack([(x if _unit(scale) else x / scale).t() for x in inputs], dim=1)

@@ -46,7 +46,10 @@ DENSE_MEAN_MAX_ROWS = 256
 
 def _weights_matrix(index: Tensor, weights: Tensor, rows: int) -> Tensor:
     """``[N, rows]``: the total weight row n gives each table row (``index [N, K]``, -1 = none, weight 0)."""
-    return weights.new_zeros(index.shape[0], rows).scatter_add_(1, index.clamp(min=0).long(), weights)
+    matrix = weights.new_zeros(index.shape[0], rows)
+    if not rows:  # no row to point at: padding alone, nothing to add
+        return matrix
+    return matrix.scatter_add_(1, index.clamp(min=0).long(), weights)
 
 
 def _dense_means(table: Tensor, index: Tensor, weights: Tensor) -> Tensor:
@@ -129,21 +132,18 @@ def category_mix(
     rows = used[:-1].nonzero().squeeze(1)
     if len(rows) > max_rows:
         return None
-    # position[r + 1]: row r's column; padding (r = -1) goes to an extra column, dropped
-    position = torch.full((buckets + 1,), len(rows), dtype=torch.long)
+    # position[r + 1]: row r's column; padding (r = -1) goes to column 0, with weight 0
+    position = torch.zeros(buckets + 1, dtype=torch.long)
     position[rows + 1] = torch.arange(len(rows))
 
-    def weights(cats: Tensor, per_item: Tensor) -> Tensor:
-        """``[n, U]`` from ``cats [n, K, C]``: each valid category ``per_item / (valid ones in its group)``."""
-        share = per_item / (cats >= 0).sum(-1).clamp(min=1)
-        columns = position.index_select(0, (cats + 1).reshape(-1)).view(cats.shape[0], -1)
-        values = share.unsqueeze(-1).expand(cats.shape).reshape(cats.shape[0], -1)
-        return share.new_zeros(cats.shape[0], len(rows) + 1).scatter_add_(1, columns, values)[:, :-1]
+    def columns(cats: Tensor) -> Tensor:
+        return position.index_select(0, (cats + 1).reshape(-1)).view(cats.shape[0], -1)
 
     item, history = [torch.zeros(0, len(rows))], [torch.zeros(0, len(rows))]  # an empty set has no rows
     for i, (item_cats, hist_cats) in enumerate(parts):
-        item.append(weights(item_cats.unsqueeze(1), torch.ones(len(item_cats), 1)))
-        history.append(weights(hist_cats, _mean_weights(ex.hist_items[i * chunk : (i + 1) * chunk])))
+        item.append(_weights_matrix(columns(item_cats), _mean_weights(item_cats), len(rows)))
+        hist_items = ex.hist_items[i * chunk : (i + 1) * chunk]
+        history.append(_weights_matrix(columns(hist_cats), _history_category_weights(hist_items, hist_cats), len(rows)))
     return CategoryMix(rows, torch.cat(item), torch.cat(history))
 
 
@@ -152,9 +152,15 @@ def _history_vector(params: Mapping[str, Tensor], items: Tensor, cats: Tensor) -
     if params["cat_emb"].shape[0] > DENSE_MEAN_MAX_ROWS:
         return _masked_mean(_item_vectors(params, items, cats), items >= 0)
     # compact tables: the same mean as weights, each category's weight folded in
-    per_cat = (_mean_weights(cats) * _mean_weights(items).unsqueeze(-1)).reshape(items.shape[0], -1)
+    per_cat = _history_category_weights(items, cats)
     cat_part = _dense_means(params["cat_emb"], cats.reshape(items.shape[0], -1), per_cat)
     return torch.cat([_history_items(params["item_emb"], items), cat_part], dim=-1)
+
+
+def _history_category_weights(items: Tensor, cats: Tensor) -> Tensor:
+    """``[B, L·C]``: each history category's weight in the history's mean category
+    vector (its item's share of the history, split among the item's categories)."""
+    return (_mean_weights(cats) * _mean_weights(items).unsqueeze(-1)).reshape(items.shape[0], -1)
 
 
 def _history_items(table: Tensor, items: Tensor) -> Tensor:

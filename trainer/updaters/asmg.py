@@ -219,7 +219,7 @@ class Asmg(Updater):
     ) -> list[Tensor | None]:
         if isinstance(self.generator, LinearCombiner):
             return [None] * (len(inputs) - 1) + [self.generator.combine(names, inputs)]
-        h = h0 if h0 is not None else inputs[0].new_zeros(*inputs[0].shape, self.generator.hidden)
+        h = h0 if h0 is not None else self.generator.zero_state(inputs[0])
         return list(self.generator.run(names, inputs, h, scale, tiled))
 
     def _scales(self, newest: Params) -> dict[str, float]:
@@ -368,7 +368,7 @@ class Asmg(Updater):
         scales = self._scales(newest)
         for name in self.live:
             x = first[name]
-            h = h0[name] if h0 is not None else self.generator.zero_state(name, x.shape[0])
+            h = h0[name] if h0 is not None else self.generator.zero_state(x)
             where = self.live[name].nonzero().squeeze(1)
             stepped = self.generator.step(
                 name, _and_cold(x[where]) / scales[name], _and_cold(h[where], self._cold(h0, name))
@@ -377,11 +377,7 @@ class Asmg(Updater):
             state[name + COLD] = stepped[-1:].contiguous()
         # the MLP's tensors side by side, as in training
         x = torch.cat([first[name].reshape(1, -1) / scales[name] for name in self.mlp], dim=1)
-        h = (
-            torch.cat([h0[name] for name in self.mlp], dim=1)
-            if h0 is not None
-            else self.generator.zero_state(self.mlp, 1)
-        )
+        h = torch.cat([h0[name] for name in self.mlp], dim=1) if h0 is not None else self.generator.zero_state(x)
         stepped = self.generator.step(self.mlp, x, h)
         for name, part in zip(self.mlp, stepped.split(self.mlp_widths, dim=1), strict=True):
             state[name] = part.contiguous()
