@@ -372,7 +372,7 @@ class CoordinateGRU(nn.Module):
         """
         rows, cols, steps = h0.shape[0], h0.shape[1], len(inputs)
         if rows == 1:
-            xs = torch.cat(inputs if _unit(scale) else [x / scale for x in inputs])  # [T, c]
+            xs = torch.cat(list(inputs) if _unit(scale) else [x / scale for x in inputs])  # [T, c]
             reads = _CoordinateWindow.apply(h0[0], *self._joined(names, tiled), xs)
             return [self._finish(y.unsqueeze(0), x, scale) for y, x in zip(reads.unbind(0), inputs, strict=True)]
         if tiled:
