@@ -11,6 +11,7 @@ from trainer.features import (
     EncodedLog,
     Examples,
     ItemRef,
+    concat_examples,
     examples_from_refs,
     hash_id,
     hash_ids,
@@ -25,6 +26,7 @@ from trainer.model import (
     checkpoint_bytes,
     load_checkpoint,
     logits,
+    parts_logits,
     request_logits,
 )
 from trainer.updaters.asmg import compact_batches
@@ -205,3 +207,55 @@ def test_category_weights_score_as_the_category_fields_do(small_config: ModelCon
     torch.testing.assert_close(
         logits({**full, "cat_emb": full["cat_emb"][:0]}, blind, 3, bare).detach(), logits(full, none, 3).detach()
     )
+
+
+@pytest.mark.parametrize("kind, with_mix", [("emb-mlp", False), ("emb-mlp", True), ("mf", False)])
+def test_parts_score_under_their_own_stacked_parameters(
+    small_config: ModelConfig, kind: ModelKind, with_mix: bool
+) -> None:
+    """The meta generator scores each window step's batch under that step's
+    parameters in one pass: tables stacked step after step, each batch's
+    indices pointing at its own step's copy. Same scores and gradients as
+    scoring every batch on its own."""
+    config = replace(small_config, kind=kind)
+    n_layers = config.n_layers
+    base = EmbMLP(config).params()
+    steps = [0, 2]  # a window of 3 steps, the middle one unscored
+    params = [{k: v + 0.1 * torch.randn_like(v) for k, v in base.items()} for _ in range(3)]
+    batches = [random_examples(n, config, width=2, categories=config.category_buckets, seed=n) for n in (13, 21)]
+    mixes = [category_mix(b, config.category_buckets) for b in batches] if with_mix else None
+    if mixes is not None:
+        batches = [replace(b, item_cats=b.item_cats[:, :0], hist_cats=b.hist_cats[..., :0]) for b in batches]
+    looked_up = [t for t in ("user_emb", "item_emb", "cat_emb") if t in base and not (with_mix and t == "cat_emb")]
+    rows, alone = compact_batches(batches, looked_up)
+    _, stacked_batches = compact_batches(batches, looked_up, steps)
+    leaves = [{k: v.clone().requires_grad_() for k, v in p.items()} for p in params]
+    tables = {t: torch.cat([p[t][rows[t]] for p in leaves]) for t in looked_up}
+    if mixes is not None:
+        tables["cat_emb"] = torch.cat([leaves[j]["cat_emb"][m.rows] for j, m in zip(steps, mixes, strict=True)])  # type: ignore[union-attr]
+    heads = [{k: v for k, v in leaves[j].items() if k not in tables} for j in steps]
+    together = parts_logits(
+        tables,
+        heads,
+        concat_examples(stacked_batches),
+        [len(b) for b in batches],
+        n_layers,
+        mixes,  # type: ignore[arg-type]
+    )
+    separate = []
+    for j, ex, mix in zip(steps, alone, mixes or [None] * len(steps), strict=True):
+        own = {**leaves[j], **{t: leaves[j][t][rows[t]] for t in looked_up}}
+        if mix is not None:
+            own["cat_emb"] = leaves[j]["cat_emb"][mix.rows]
+        separate.append(logits(own, ex, n_layers, mix))
+    expected = torch.cat(separate)
+    torch.testing.assert_close(together, expected)
+    weights = torch.randn(len(expected))
+    flat = [v for p in leaves for v in p.values()]
+    got = torch.autograd.grad((together * weights).sum(), flat, allow_unused=True)
+    want = torch.autograd.grad((expected * weights).sum(), flat, allow_unused=True)
+    for leaf, a, b in zip(flat, got, want, strict=True):
+        # the unscored step's tables join the stack: a zero gradient where alone there is none
+        torch.testing.assert_close(
+            a if a is not None else torch.zeros_like(leaf), b if b is not None else torch.zeros_like(leaf)
+        )

@@ -358,9 +358,9 @@ class CoordinateGRU(nn.Module):
         h0: Tensor,
         scale: float | Tensor = 1.0,
         tiled: Mapping[str, int] | None = None,
-    ) -> list[Tensor]:
+    ) -> Tensor:
         """Feed a window of ``[R, c]`` versions from state ``h0``; return every
-        step's generated version.
+        step's generated version, stacked: ``[T, R, c]``.
 
         Several parameter tensors of one row each (the MLP's) run as one, their
         columns side by side: ``names`` lists them in the order of the columns.
@@ -374,7 +374,7 @@ class CoordinateGRU(nn.Module):
         if rows == 1:
             xs = torch.cat(list(inputs) if _unit(scale) else [x / scale for x in inputs])  # [T, c]
             reads = _CoordinateWindow.apply(h0[0], *self._joined(names, tiled), xs)
-            return [self._finish(y.unsqueeze(0), x, scale) for y, x in zip(reads.unbind(0), inputs, strict=True)]
+            return self._finish(reads.unsqueeze(1), inputs, scale)
         if tiled:
             raise ValueError("a table is tiled only into a single row")
         w = self._blocks(names, rows)
@@ -382,7 +382,7 @@ class CoordinateGRU(nn.Module):
         xs = torch.stack([(x if _unit(scale) else x / scale).t() for x in inputs], dim=1)
         reads = _GroupedWindow.apply(_to_groups(h0, w.input.shape[0]), *w, xs.view(w.input.shape[0], -1, steps * rows))
         per_step = reads.view(cols, steps, rows).permute(1, 2, 0).contiguous()  # [T, R, c]
-        return [self._finish(y, x, scale) for y, x in zip(per_step.unbind(0), inputs, strict=True)]
+        return self._finish(per_step, inputs, scale)
 
     def _joined(self, names: Names, tiled: Mapping[str, int] | None = None) -> _Joined:
         """The GRU weights of ``names``' columns side by side, a tiled table's once per row."""
@@ -431,10 +431,13 @@ class CoordinateGRU(nn.Module):
             out_b=j.out_b.view(groups, per),
         )
 
-    def _finish(self, read: Tensor, last: Tensor, scale: float | Tensor) -> Tensor:
-        """A read-out ``[R, c]`` scaled back, plus ``last`` for the residual form."""
+    def _finish(self, read: Tensor, last: Tensor | Sequence[Tensor], scale: float | Tensor) -> Tensor:
+        """A read-out scaled back, plus the newest input ``last`` for the residual
+        form (every step's, stacked, for a window's read-outs ``[T, R, c]``)."""
         out = read if _unit(scale) else read * scale
-        return last + out if self.readout == "residual" else out
+        if self.readout == "plain":
+            return out
+        return out + (last if isinstance(last, Tensor) else torch.stack(list(last)))
 
 
 class LinearCombiner(nn.Module):

@@ -34,10 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from trainer.features import Examples
+from trainer.features import Examples, concat_examples
 from trainer.learner import BaseLearner, seeded_generator
 from trainer.meta import CoordinateGRU, LinearCombiner, Readout
-from trainer.model import EMBEDDING_TABLES, CategoryMix, Params, category_mix, logits
+from trainer.model import EMBEDDING_TABLES, CategoryMix, Params, category_mix, parts_logits
 from trainer.updaters.base import Updater
 
 COLD = "/cold"  # hidden-state key suffix: a table's cold sequence
@@ -87,12 +87,21 @@ ONE_ROW_MAX = 512
 
 
 class _TableRows(NamedTuple):
-    """Some rows of a table as the GRU is fed them (see ``Asmg._table_inputs``)."""
+    """Rows of a table as the GRU is fed them (see ``Asmg._window_tables``)."""
 
-    versions: list[Tensor]  # the window's values of the rows
-    live: Tensor  # which rows are live
-    inputs: list[Tensor]  # the values, zero at rows not live
-    h: Tensor | None  # their states, the cold state at rows not live
+    versions: Tensor  # [T, R, c]: the window's values of the rows
+    live: Tensor  # [R]: which rows are live
+    inputs: Tensor  # [T, R, c]: the values, zero at rows not live
+    h: Tensor | None  # [R, c, d]: their states, the cold state at rows not live
+
+    def select(self, rows: Tensor) -> _TableRows:
+        versions = self.versions.index_select(1, rows)
+        return _TableRows(
+            versions,
+            self.live.index_select(0, rows),
+            versions if self.inputs is self.versions else self.inputs.index_select(1, rows),
+            None if self.h is None else self.h.index_select(0, rows),
+        )
 
 
 def _and_cold(rows: Tensor, cold: Tensor | None = None) -> Tensor:
@@ -102,10 +111,12 @@ def _and_cold(rows: Tensor, cold: Tensor | None = None) -> Tensor:
 
 
 def compact_batches(
-    batches: list[Examples], tables: Iterable[str] = EMBEDDING_TABLES
+    batches: list[Examples], tables: Iterable[str] = EMBEDDING_TABLES, steps: list[int] | None = None
 ) -> tuple[dict[str, Tensor], list[Examples]]:
     """Rows each embedding table of ``tables`` needs for ``batches`` (ascending), and
-    the batches with their indices rewritten to point into those compact row sets."""
+    the batches with their indices rewritten to point into those compact row sets;
+    with ``steps``, batch i's into copy ``steps[i]`` of them, the copies laid end
+    to end (the generator's outputs of every window step, stacked)."""
     states = [b.to_dict() for b in batches]
     rows: dict[str, Tensor] = {}
     for table in tables:
@@ -121,8 +132,11 @@ def compact_batches(
         # position[r + 1] is row r's compact index; position[0] = -1 keeps padding.
         # int64 positions: index_add_, the backward of the history lookup, is ~4x slower on int32
         position = torch.full((size + 1,), -1, dtype=torch.long)
-        position[rows[table] + 1] = torch.arange(len(rows[table]))
-        for s in states:
+        n = len(rows[table])
+        for i, s in enumerate(states):
+            if i == 0 or steps is not None:
+                step = steps[i] if steps is not None else 0
+                position[rows[table] + 1] = torch.arange(step * n, (step + 1) * n)
             for f in fields:
                 s[f] = position.index_select(0, (s[f] + 1).reshape(-1)).view(s[f].shape)
     return rows, [Examples.from_dict(s) for s in states]
@@ -216,11 +230,14 @@ class Asmg(Updater):
         h0: Tensor | None,
         scale: float | Tensor,
         tiled: dict[str, int] | None = None,
-    ) -> list[Tensor | None]:
+    ) -> Tensor:
+        """The generated values after each window step, ``[T, R, c]``; the linear
+        combiner has only the last step's, which stands for every step (only
+        the last is ever scored)."""
         if isinstance(self.generator, LinearCombiner):
-            return [None] * (len(inputs) - 1) + [self.generator.combine(names, inputs)]
+            return self.generator.combine(names, inputs).expand(len(inputs), -1, -1)
         h = h0 if h0 is not None else self.generator.zero_state(inputs[0])
-        return list(self.generator.run(names, inputs, h, scale, tiled))
+        return self.generator.run(names, inputs, h, scale, tiled)
 
     def _scales(self, newest: Params) -> dict[str, float]:
         if not self.meta.input_scale:
@@ -239,15 +256,20 @@ class Asmg(Updater):
             weights = [0.0] * (len(window) - 1) + [1.0]
         # the newest period sets the batch count; older ones are cut to match
         n_batches = max(1, math.ceil(len(targets[-1]) / self.meta.batch_size))
-        tables = list(self.live)
+        looked_up = list(self.live)
         cat_rows, places = None, []
-        if all(m is not None for m in mixes) and "cat_emb" in tables:
+        if all(m is not None for m in mixes) and "cat_emb" in looked_up:
             # every period's category weights are at hand: the batches need no category
             # lookups, and the generator runs over the categories any of the periods names
-            tables.remove("cat_emb")
+            looked_up.remove("cat_emb")
             cat_rows, inverse = torch.cat([m.rows for m in mixes if m is not None]).unique(return_inverse=True)
             places = list(inverse.split([len(m.rows) for m in mixes if m is not None]))
             targets = [replace(t, item_cats=t.item_cats[:, :0], hist_cats=t.hist_cats[..., :0]) for t in targets]
+        # the rows the periods name, prepared for the GRU once; batches then index those
+        period_rows, targets = compact_batches(targets, looked_up)
+        if cat_rows is not None:
+            period_rows["cat_emb"] = cat_rows
+        tables = self._window_tables(window, h0, period_rows)
         self.generator.train()
         for _ in range(self.meta.epochs):
             splits = [
@@ -257,62 +279,78 @@ class Asmg(Updater):
             for b in range(n_batches):
                 chosen = [j for j, s in enumerate(splits) if s is not None and len(s[b])]
                 batches = [targets[j].select(splits[j][b]) for j in chosen]  # type: ignore[index]
-                rows, compact = compact_batches(batches, tables)
+                rows, compact = compact_batches(batches, looked_up, chosen)
                 if cat_rows is not None:
-                    rows["cat_emb"] = cat_rows
-                generated = self._generate_rows(window, rows, h0, chosen)
-                loss = torch.zeros(())
-                for j, ex in zip(chosen, compact, strict=True):
-                    params, mix = generated[j], None
-                    if cat_rows is not None:
-                        params = {**params, "cat_emb": params["cat_emb"].index_select(0, places[j])}
-                        mix = mixes[j].select(splits[j][b])  # type: ignore[union-attr, index]
-                    scores = logits(params, ex, self.learner.model.n_layers, mix)
-                    loss = loss + weights[j] * F.binary_cross_entropy_with_logits(scores, ex.label)
+                    rows["cat_emb"] = torch.arange(len(cat_rows))
+                generated = self._generate_rows(window, h0, tables, rows)
+                # every chosen step's batch scored in one pass over the steps' tables, stacked
+                tables_flat = {name: generated[name].flatten(0, 1) for name in self.live}
+                parts_mixes = None
+                if cat_rows is not None:
+                    cats = torch.cat([places[j] + j * len(cat_rows) for j in chosen])
+                    tables_flat["cat_emb"] = tables_flat["cat_emb"].index_select(0, cats)
+                    parts_mixes = [mixes[j].select(splits[j][b]) for j in chosen]  # type: ignore[union-attr, index]
+                heads = [{name: generated[name][j] for name in self.mlp} for j in chosen]
+                sizes = [len(ex) for ex in compact]
+                ex = concat_examples(compact)
+                scores = parts_logits(tables_flat, heads, ex, sizes, self.learner.model.n_layers, parts_mixes)
+                # Σ_j λ_j · mean BCE of step j's batch
+                per_row = torch.cat([torch.full((n,), weights[j] / n) for j, n in zip(chosen, sizes, strict=True)])
+                loss = F.binary_cross_entropy_with_logits(scores, ex.label, weight=per_row, reduction="sum")
                 self.meta_optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.meta_optimizer.step()
 
     def _generate_rows(
-        self, window: list[Params], rows: dict[str, Tensor], h0: dict[str, Tensor] | None, steps: list[int]
-    ) -> dict[int, Params]:
-        """The generated parameters after each window step in ``steps``, embedding
-        tables holding only ``rows[table]``, in that order."""
+        self,
+        window: list[Params],
+        h0: dict[str, Tensor] | None,
+        tables: dict[str, _TableRows],
+        rows: dict[str, Tensor],
+    ) -> Params:
+        """The generated parameters after every window step, stacked ``[T, ...]``;
+        embedding tables hold only the rows ``rows[table]`` of ``tables``, in that order."""
         scales = self._scales(window[-1])
+        chosen = {name: tables[name].select(rows[name]) for name in self.live}
         small = {
-            name: rows[name]
-            for name in self.live
-            if isinstance(self.generator, CoordinateGRU) and rows[name].numel() * self.shapes[name][1] <= ONE_ROW_MAX
+            name: table
+            for name, table in chosen.items()
+            if isinstance(self.generator, CoordinateGRU) and table.inputs[0].numel() <= ONE_ROW_MAX
         }
-        generated = self._one_row(window, h0, scales, steps, small)
-        for name in self.live:
+        generated = self._one_row(window, h0, scales, small)
+        for name, table in chosen.items():
             if name not in small:
-                table = self._table_inputs(name, window, rows[name], h0)
-                outputs = self._run([name], table.inputs, table.h, scales[name])
-                for j in steps:
-                    generated[j][name] = self._table_output(table, outputs[j], j)
-        return {j: {name: g[name] for name in self.shapes} for j, g in generated.items()}
+                out = self._run([name], list(table.inputs.unbind(0)), table.h, scales[name])
+                generated[name] = self._table_output(table, out)
+        return generated
 
-    def _table_inputs(self, name: str, window: list[Params], rows: Tensor, h0: dict[str, Tensor] | None) -> _TableRows:
-        """What the GRU is fed for rows ``rows`` of table ``name``. Live rows run
-        from their own states; the others, which every version holds at their
-        initial values, run as the cold sequence does (zero inputs, from the cold
-        state), so each gets the cold sequence's output (plus its initial value,
-        residual read-out)."""
-        versions = [m[name].index_select(0, rows) for m in window]
-        live = self.live[name].index_select(0, rows)
-        h = h0[name].index_select(0, rows) if h0 is not None else None
-        if bool(live.all()):
-            return _TableRows(versions, live, versions, h)
-        if h is not None:
-            cold = self._cold(h0, name)
-            h = torch.where(live[:, None, None], h, cold if cold is not None else torch.zeros(()))
-        return _TableRows(versions, live, [v * live.unsqueeze(1) for v in versions], h)
+    def _window_tables(
+        self, window: list[Params], h0: dict[str, Tensor] | None, rows: dict[str, Tensor]
+    ) -> dict[str, _TableRows]:
+        """What the GRU is fed for rows ``rows[table]`` of every table. Live rows
+        run from their own states; the others, which every version holds at
+        their initial values, run as the cold sequence does (zero inputs, from
+        the cold state), so each gets the cold sequence's output (plus its
+        initial value, residual read-out)."""
+        tables = {}
+        for name, every in rows.items():
+            versions = torch.stack([m[name].index_select(0, every) for m in window])
+            live = self.live[name].index_select(0, every)
+            h = h0[name].index_select(0, every) if h0 is not None else None
+            if bool(live.all()):
+                tables[name] = _TableRows(versions, live, versions, h)
+                continue
+            if h is not None:
+                cold = self._cold(h0, name)
+                h = torch.where(live[:, None, None], h, cold if cold is not None else torch.zeros(()))
+            tables[name] = _TableRows(versions, live, versions * live.unsqueeze(1), h)
+        return tables
 
-    def _table_output(self, table: _TableRows, out: Tensor | None, step: int) -> Tensor:
-        assert out is not None  # the linear combiner has only its last step, the only one asked of it
+    def _table_output(self, table: _TableRows, out: Tensor) -> Tensor:
+        """The generated rows ``out [T, R, c]``, each dead row's initial value added
+        back for the residual read-out (which added its zero input)."""
         if self.meta.readout == "residual" and table.inputs is not table.versions:
-            return out + table.versions[step] * ~table.live.unsqueeze(1)  # the read-out added a zero input
+            return out + table.versions * ~table.live.unsqueeze(1)
         return out
 
     def _one_row(
@@ -320,19 +358,17 @@ class Asmg(Updater):
         window: list[Params],
         h0: dict[str, Tensor] | None,
         scales: dict[str, float],
-        steps: list[int],
-        tables: dict[str, Tensor],
-    ) -> dict[int, Params]:
-        """The MLP's tensors, and rows ``tables[name]`` of small tables, generated
-        after each window step in ``steps``. They run side by side as one row of
-        coordinates (a table's rows end to end): one GRU call for all of them."""
+        tables: dict[str, _TableRows],
+    ) -> Params:
+        """The MLP's tensors, and the rows ``tables[name]`` of small tables, generated
+        after every window step (stacked, ``[T, ...]``). They run side by side as
+        one row of coordinates (a table's rows end to end): one GRU call for all."""
         names, widths = list(self.mlp), list(self.mlp_widths)
         inputs = [[m[name].reshape(1, -1) for name in self.mlp] for m in window]
         h = [h0[name] for name in self.mlp] if h0 is not None else None
-        prepared = {name: self._table_inputs(name, window, rows, h0) for name, rows in tables.items()}
-        for name, table in prepared.items():
+        for name, table in tables.items():
             names.append(name)
-            widths.append(table.versions[0].numel())
+            widths.append(table.inputs[0].numel())
             for parts, x in zip(inputs, table.inputs, strict=True):
                 parts.append(x.reshape(1, -1))
             if h is not None and table.h is not None:
@@ -342,15 +378,12 @@ class Asmg(Updater):
             scale = torch.cat([torch.full((w,), scales[name]) for name, w in zip(names, widths, strict=True)])
         joined = [torch.cat(parts, dim=1) for parts in inputs]
         state = torch.cat(h, dim=1) if h is not None else None
-        outputs = self._run(names, joined, state, scale, {name: len(rows) for name, rows in tables.items()})
-        generated: dict[int, Params] = {}
-        for j in steps:
-            out = outputs[j]
-            assert out is not None
-            split = dict(zip(names, out.split(widths, dim=1), strict=True))
-            generated[j] = {name: split[name].reshape(self.shapes[name]) for name in self.mlp}
-            for name, table in prepared.items():
-                generated[j][name] = self._table_output(table, split[name].reshape(-1, self.shapes[name][1]), j)
+        out = self._run(names, joined, state, scale, {name: len(t.live) for name, t in tables.items()})[:, 0]
+        steps = len(window)
+        split = dict(zip(names, out.split(widths, dim=1), strict=True))
+        generated = {name: split[name].reshape(steps, *self.shapes[name]) for name in self.mlp}
+        for name, table in tables.items():
+            generated[name] = self._table_output(table, split[name].reshape(steps, -1, self.shapes[name][1]))
         return generated
 
     def _cold(self, h0: dict[str, Tensor] | None, name: str) -> Tensor | None:
@@ -389,11 +422,12 @@ class Asmg(Updater):
         self.generator.eval()
         h0 = self.hidden if self.carries_state else None
         window = self._window()
-        last = len(window) - 1
         # per table, the live rows and one never-moved row standing for all the others
         dead = {name: (~live).nonzero()[:1, 0] for name, live in self.live.items()}
         rows = {name: torch.cat([live.nonzero().squeeze(1), dead[name]]) for name, live in self.live.items()}
-        generated = self._generate_rows(window, rows, h0, [last])[last]
+        tables = self._window_tables(window, h0, rows)
+        stacked = self._generate_rows(window, h0, tables, {name: torch.arange(len(r)) for name, r in rows.items()})
+        generated = {name: value[-1] for name, value in stacked.items()}
         for name in self.live:
             if not len(dead[name]):
                 continue  # every row live: the table is whole
