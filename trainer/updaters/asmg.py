@@ -133,10 +133,8 @@ def compact_batches(
         # int64 positions: index_add_, the backward of the history lookup, is ~4x slower on int32
         position = torch.full((size + 1,), -1, dtype=torch.long)
         n = len(rows[table])
-        for i, s in enumerate(states):
-            if i == 0 or steps is not None:
-                step = steps[i] if steps is not None else 0
-                position[rows[table] + 1] = torch.arange(step * n, (step + 1) * n)
+        for s, step in zip(states, steps or [0] * len(states), strict=True):
+            position[rows[table] + 1] = torch.arange(step * n, (step + 1) * n)
             for f in fields:
                 s[f] = position.index_select(0, (s[f] + 1).reshape(-1)).view(s[f].shape)
     return rows, [Examples.from_dict(s) for s in states]
@@ -280,9 +278,9 @@ class Asmg(Updater):
                 chosen = [j for j, s in enumerate(splits) if s is not None and len(s[b])]
                 batches = [targets[j].select(splits[j][b]) for j in chosen]  # type: ignore[index]
                 rows, compact = compact_batches(batches, looked_up, chosen)
-                if cat_rows is not None:
-                    rows["cat_emb"] = torch.arange(len(cat_rows))
-                generated = self._generate_rows(window, h0, tables, rows)
+                # the category rows (with category weights) are the periods' own, all of them
+                batch_tables = {name: t.select(rows[name]) if name in rows else t for name, t in tables.items()}
+                generated = self._generate_rows(window, h0, batch_tables)
                 # every chosen step's batch scored in one pass over the steps' tables, stacked
                 tables_flat = {name: generated[name].flatten(0, 1) for name in self.live}
                 parts_mixes = None
@@ -302,23 +300,18 @@ class Asmg(Updater):
                 self.meta_optimizer.step()
 
     def _generate_rows(
-        self,
-        window: list[Params],
-        h0: dict[str, Tensor] | None,
-        tables: dict[str, _TableRows],
-        rows: dict[str, Tensor],
+        self, window: list[Params], h0: dict[str, Tensor] | None, tables: dict[str, _TableRows]
     ) -> Params:
         """The generated parameters after every window step, stacked ``[T, ...]``;
-        embedding tables hold only the rows ``rows[table]`` of ``tables``, in that order."""
+        embedding tables hold only the rows of ``tables``, in that order."""
         scales = self._scales(window[-1])
-        chosen = {name: tables[name].select(rows[name]) for name in self.live}
         small = {
             name: table
-            for name, table in chosen.items()
+            for name, table in tables.items()
             if isinstance(self.generator, CoordinateGRU) and table.inputs[0].numel() <= ONE_ROW_MAX
         }
         generated = self._one_row(window, h0, scales, small)
-        for name, table in chosen.items():
+        for name, table in tables.items():
             if name not in small:
                 out = self._run([name], list(table.inputs.unbind(0)), table.h, scales[name])
                 generated[name] = self._table_output(table, out)
@@ -425,8 +418,7 @@ class Asmg(Updater):
         # per table, the live rows and one never-moved row standing for all the others
         dead = {name: (~live).nonzero()[:1, 0] for name, live in self.live.items()}
         rows = {name: torch.cat([live.nonzero().squeeze(1), dead[name]]) for name, live in self.live.items()}
-        tables = self._window_tables(window, h0, rows)
-        stacked = self._generate_rows(window, h0, tables, {name: torch.arange(len(r)) for name, r in rows.items()})
+        stacked = self._generate_rows(window, h0, self._window_tables(window, h0, rows))
         generated = {name: value[-1] for name, value in stacked.items()}
         for name in self.live:
             if not len(dead[name]):
