@@ -170,14 +170,33 @@ def test_small_tables_average_as_the_full_tables_do(small_config: ModelConfig) -
         torch.testing.assert_close(grad, full_grads[name][rows[name]] if name in rows else full_grads[name])
 
 
-def test_category_weights_score_as_the_category_fields_do(small_config: ModelConfig) -> None:
+def catalogue_examples(n: int, config: ModelConfig, width: int, seed: int) -> Examples:
+    """:func:`random_examples` whose histories name 12 items, each with the same
+    categories in every slot, except a few slots that name others (as a hashed
+    row standing for two items does)."""
+    batch = random_examples(n, config, width=width, categories=config.category_buckets, seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    catalogue = torch.randint(-1, config.category_buckets, (12, width), generator=g, dtype=torch.int32)
+    items = torch.where(batch.hist_items >= 0, batch.hist_items % 12, -1)
+    cats = torch.where(items.unsqueeze(-1) >= 0, catalogue[items.clamp(min=0)], -1)
+    cats.view(-1, width)[items.reshape(-1).nonzero()[::9, 0]] = torch.arange(width, dtype=torch.int32)  # odd slots
+    return replace(batch, hist_items=items, hist_cats=cats)
+
+
+@pytest.mark.parametrize("catalogue", [False, True])
+def test_category_weights_score_as_the_category_fields_do(small_config: ModelConfig, catalogue: bool) -> None:
     """The meta generator's per-period category weights stand in for the
-    examples' category fields: same scores, same gradients."""
+    examples' category fields: same scores, same gradients, whether the
+    histories' items name the same categories in each slot or not."""
     full = {k: v.requires_grad_() for k, v in EmbMLP(small_config).params().items()}
-    batch = random_examples(40, small_config, width=3, categories=small_config.category_buckets, seed=7)
-    mix = category_mix(batch, small_config.category_buckets, chunk=7)  # chunks that do not divide the rows
+    if catalogue:
+        batch = catalogue_examples(40, small_config, width=3, seed=7)
+    else:
+        batch = random_examples(40, small_config, width=3, categories=small_config.category_buckets, seed=7)
+    mix = category_mix(batch, small_config.category_buckets)
     assert mix is not None and 0 < len(mix.rows) <= small_config.category_buckets
-    assert torch.equal(mix.rows, torch.unique(torch.cat([batch.item_cats.flatten(), batch.hist_cats.flatten()]))[1:])
+    named = torch.cat([batch.item_cats.flatten(), batch.hist_cats[batch.hist_items >= 0].flatten()])
+    assert torch.equal(mix.rows, torch.unique(named)[1:])
     cats = full["cat_emb"][mix.rows].detach().requires_grad_()
     blind = replace(batch, item_cats=batch.item_cats[:, :0], hist_cats=batch.hist_cats[..., :0])
     weights = torch.randn(len(batch))

@@ -174,7 +174,7 @@ class Asmg(Updater):
         return self.models if self.meta.strategy == "full" else self.models[-self.meta.window :]
 
     def update(self, period: Examples) -> Params:
-        meta_started = time.perf_counter()
+        started = time.perf_counter()
         if len(self.periods) != len(self.mixes):  # loaded from a saved state
             self.mixes = [self._mix(p) for p in self.periods]
         mix = self._mix(period)
@@ -186,10 +186,12 @@ class Asmg(Updater):
             if self.carries_state:
                 self.hidden = self._advance(window[0], window[-1], h0)
             self.meta_periods += 1
-        meta_seconds = time.perf_counter() - meta_started
-        before = self.learner.params()
+        # the newest version is the learner's parameters as they are now
+        before = self.models[-1] if self.models else self.learner.params()
+        iu_started = time.perf_counter()
         self.learner.fit(period)
         self.models.append(self.learner.params())
+        iu_seconds = time.perf_counter() - iu_started  # IU's own step: its training and the copy it keeps
         for table, live in self.live.items():
             turned = (self.models[-1][table] != before[table]).any(dim=1) & ~live
             if self.hidden is not None and table + COLD in self.hidden:
@@ -202,14 +204,11 @@ class Asmg(Updater):
             del self.models[: -self.meta.window]
             del self.periods[: -self.meta.window]
             del self.mixes[: -self.meta.window]
-        if not self.generating:
-            self.last_meta_seconds = meta_seconds
-            return self.learner.params()
-        generate_started = time.perf_counter()
-        generated = self.generate()
-        # everything the meta generator costs: its training, the state carry and generation
-        self.last_meta_seconds = meta_seconds + time.perf_counter() - generate_started
-        return generated
+        served = self.generate() if self.generating else self.learner.params()
+        # everything ASMG adds to IU's step: the generator's training, the state
+        # carry, tracking live rows and generating the serving model
+        self.last_meta_seconds = time.perf_counter() - started - iu_seconds
+        return served
 
     def _mix(self, period: Examples) -> CategoryMix | None:
         return category_mix(period, self.shapes["cat_emb"][0]) if "cat_emb" in self.shapes else None
