@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import pytest
@@ -8,6 +9,7 @@ import torch
 from trainer.config import ModelConfig, TrainConfig
 from trainer.features import EncodedLog, Examples
 from trainer.learner import BaseLearner
+from trainer.meta import CoordinateGRU, module_key
 from trainer.model import EmbMLP, logits
 from trainer.updaters import make_updater
 from trainer.updaters.asmg import COLD, Asmg, compact_batches, step_weights
@@ -174,3 +176,53 @@ def test_rows_iu_never_changed_share_the_cold_sequence(
     all_rows = updater.generate()
     for table, live in live_rows.items():
         torch.testing.assert_close(all_rows[table][live], live_only[table][live])
+
+
+def per_tensor_state(state: dict[str, Any], generator: CoordinateGRU) -> dict[str, Any]:
+    """``state`` as it was saved when the GRU had its weights, and Adam its
+    moments, per weight kind and base-model tensor (``hidden_rz.user_emb``, ...)."""
+    widths = [generator.cols[name] for name in generator.names]
+    weights = {
+        f"{kind}.{module_key(name)}": part.clone()
+        for kind, value in state["generator"].items()
+        for name, part in zip(generator.names, value.split(widths), strict=True)
+    }
+    saved, moments = state["meta_optimizer"], {}
+    for k in range(len(state["generator"])):
+        for j in range(len(widths)):
+            moments[k * len(widths) + j] = {
+                key: value.split(widths)[j].clone() if value.dim() else value.clone()
+                for key, value in saved["state"][k].items()
+            }
+    (group,) = saved["param_groups"]
+    optimizer = {"state": moments, "param_groups": [{**group, "params": list(range(len(moments)))}]}
+    return {**state, "generator": weights, "meta_optimizer": optimizer}
+
+
+@pytest.mark.parametrize("gate_bias", [False, True])
+def test_a_state_saved_with_weights_per_tensor_resumes_exactly(
+    small_log: EncodedLog, small_config: ModelConfig, small_train: TrainConfig, gate_bias: bool
+) -> None:
+    def fresh(seed: int) -> Asmg:
+        updater = make_updater(
+            "asmg-gru-multi", BaseLearner(small_config, small_train, seed), seed, {"window": 2, "gate_bias": gate_bias}
+        )
+        assert isinstance(updater, Asmg)
+        return updater
+
+    data = periods(small_log, 6)
+    original = fresh(0)
+    for p in data[:4]:
+        original.update(p)
+    assert isinstance(original.generator, CoordinateGRU)
+    old = per_tensor_state(original.state_dict(), original.generator)
+    kinds = len(list(original.generator.parameters()))
+    assert len(old["meta_optimizer"]["state"]) == kinds * len(original.generator.names)
+    buffer = io.BytesIO()
+    torch.save(old, buffer)  # as saved: restored shares no tensor with the original
+    restored = fresh(5)
+    restored.load_state_dict(torch.load(io.BytesIO(buffer.getvalue()), weights_only=True))
+    for p in data[4:]:
+        expected, got = original.update(p), restored.update(p)
+        for name in expected:
+            torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0)

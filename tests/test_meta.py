@@ -21,13 +21,13 @@ def test_vectorised_step_matches_the_equations_for_every_coordinate() -> None:
     d = 3
     gru = CoordinateGRU({"item_emb": (5, 4), "mlp.0.weight": (2, 3)}, hidden=d)
     for name, rows, cols in (("item_emb", 5, 4), ("mlp.0.weight", 1, 6)):
-        key = name.replace(".", "__")
+        w = gru.weights(name)
         x = torch.randn(rows, cols)
         h = torch.randn(rows, cols, d)
         got = gru.step(name, x, h)
         for i in range(rows):
             for c in range(cols):
-                u_rz, u_h, w_in = gru.hidden_rz[key][c], gru.hidden_h[key][c], gru.input_w[key][c]
+                u_rz, u_h, w_in = w.hidden_rz[c], w.hidden_h[c], w.input[c]
                 w_r = torch.cat([u_rz[:, :d].T, w_in[:d, None]], dim=1)
                 w_z = torch.cat([u_rz[:, d:].T, w_in[d : 2 * d, None]], dim=1)
                 w_h = torch.cat([u_h.T, w_in[2 * d :, None]], dim=1)
@@ -39,7 +39,7 @@ def test_plain_readout_is_linear_in_h_and_residual_adds_the_last_version() -> No
     plain = CoordinateGRU({"user_emb": (4, 2)}, hidden=2, readout="plain")
     residual = CoordinateGRU({"user_emb": (4, 2)}, hidden=2, readout="residual")
     h, last = torch.randn(4, 2, 2), torch.randn(4, 2)
-    expected = (h * plain.out_w["user_emb"]).sum(-1) + plain.out_b["user_emb"]
+    expected = (h * plain.out_w).sum(-1) + plain.out_b
     torch.testing.assert_close(plain.read("user_emb", h, last), expected)
     # an untrained residual generator hands back the newest version untouched
     torch.testing.assert_close(residual.read("user_emb", h, last), last)
@@ -107,16 +107,16 @@ def reference_run(
     gru: CoordinateGRU, name: str, xs: list[torch.Tensor], h0: torch.Tensor, scale: torch.Tensor
 ) -> list[torch.Tensor]:
     """ASMG.md §3 with plain autograd ops, one GRU per column, no hand-written backward."""
-    k, d = name.replace(".", "__"), gru.hidden
-    u_rz, u_h, w_in = gru.hidden_rz[k], gru.hidden_h[k], gru.input_w[k]
-    bias = gru.gate_b[k] if k in gru.gate_b else torch.zeros_like(w_in)
+    w, d = gru.weights(name), gru.hidden
+    u_rz, u_h, w_in = w.hidden_rz, w.hidden_h, w.input
+    bias = w.gate_bias if w.gate_bias is not None else torch.zeros_like(w_in)
     h, outputs = h0, []
     for x in xs:
         gates = (x / scale).unsqueeze(-1) * w_in + bias  # [R, c, 3d]
         rz = torch.sigmoid(gates[..., : 2 * d] + torch.einsum("rci,cij->rcj", h, u_rz))
         candidate = torch.tanh(gates[..., 2 * d :] + torch.einsum("rci,cij->rcj", rz[..., :d] * h, u_h))
         h = (1 - rz[..., d:]) * h + rz[..., d:] * candidate
-        out = ((h * gru.out_w[k]).sum(-1) + gru.out_b[k]) * scale
+        out = ((h * w.out_w).sum(-1) + w.out_b) * scale
         outputs.append(x + out if gru.readout == "residual" else out)
     return outputs
 

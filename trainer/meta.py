@@ -21,6 +21,7 @@ for far fewer, larger products.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, NamedTuple
@@ -285,8 +286,40 @@ def module_key(name: str) -> str:
     return name.replace(".", "__")
 
 
-def _uniform(shape: tuple[int, ...], bound: float) -> nn.Parameter:
-    return nn.Parameter(torch.empty(shape).uniform_(-bound, bound))
+def _uniform(shape: tuple[int, ...], bound: float) -> Tensor:
+    return torch.empty(shape).uniform_(-bound, bound)
+
+
+def _join_saved_tensors(module: nn.Module, state: dict[str, Any], prefix: str, *_: Any) -> None:
+    """Load a state saved when each base-model tensor had its own GRU weights
+    (``hidden_rz.<tensor>``, ...): join them as the parameters now hold them."""
+    assert isinstance(module, CoordinateGRU)
+    for kind in WEIGHT_KINDS:
+        keys = [f"{prefix}{kind}.{module_key(name)}" for name in module.names]
+        if keys[0] in state:
+            state[prefix + kind] = torch.cat([state.pop(key) for key in keys])
+
+
+def join_saved_optimizer_state(state: dict[str, Any], generator: CoordinateGRU) -> dict[str, Any]:
+    """An optimiser state saved when the generator had one parameter per weight
+    kind and base-model tensor, joined as :func:`_join_saved_tensors` joins the
+    parameters (Adam's moments are per coordinate; its step count is shared)."""
+    (group,) = state["param_groups"]
+    kinds, names = len(list(generator.parameters())), len(generator.names)
+    if len(group["params"]) != kinds * names:
+        return state
+    joined: dict[int, dict[str, Any]] = {}
+    for k in range(kinds):
+        saved = [state["state"][i] for i in group["params"][k * names : (k + 1) * names] if i in state["state"]]
+        if saved:
+            joined[k] = {
+                key: torch.cat([s[key] for s in saved]) if saved[0][key].dim() else saved[0][key] for key in saved[0]
+            }
+    return {"state": joined, "param_groups": [{**group, "params": list(range(kinds))}]}
+
+
+# the GRU weights' kinds, in the order the parameters are registered
+WEIGHT_KINDS = ("hidden_rz", "hidden_h", "input_w", "gate_b", "out_w", "out_b")
 
 
 class CoordinateGRU(nn.Module):
@@ -295,7 +328,19 @@ class CoordinateGRU(nn.Module):
     ``readout="plain"`` is the paper's ``θ* = w·h + b``; ``"residual"`` is
     ``θ* = θ_last + w·h + b`` with ``w = b = 0`` at start, so an untrained
     generator returns the newest model it was given.
+
+    Each kind of weight is one parameter over the columns of every base-model
+    tensor, in the order of ``shapes`` (``span`` says where a tensor's lie):
+    tensors that run side by side take a slice, not a copy, and the optimiser
+    steps six tensors rather than six per base-model tensor.
     """
+
+    hidden_rz: nn.Parameter  # [C, d, 2d]: h → (r, z)
+    hidden_h: nn.Parameter  # [C, d, d]: r⊙h → ĥ
+    input_w: nn.Parameter  # [C, 3d]: θ → (r, z, ĥ)
+    gate_b: nn.Parameter | None  # [C, 3d]
+    out_w: nn.Parameter  # [C, d]
+    out_b: nn.Parameter  # [C]
 
     def __init__(
         self,
@@ -309,28 +354,27 @@ class CoordinateGRU(nn.Module):
         self.readout = readout
         self.names = list(shapes)
         self.cols = _column_counts(shapes)
+        starts = itertools.accumulate(self.cols.values(), initial=0)
+        self.span = {name: (start, c) for (name, c), start in zip(self.cols.items(), starts, strict=False)}
         d = hidden
         gate_bound = math.sqrt(6.0 / (2 * d + 1))  # Glorot on the [d+1, d] map from [h, θ]
         out_bound = math.sqrt(6.0 / (d + 2))  # Glorot on the [d+1, 1] read-out
-        self.hidden_rz = nn.ParameterDict()  # [c, d, 2d]: h → (r, z)
-        self.hidden_h = nn.ParameterDict()  # [c, d, d]: r⊙h → ĥ
-        self.input_w = nn.ParameterDict()  # [c, 3d]: θ → (r, z, ĥ)
-        self.gate_b = nn.ParameterDict()  # [c, 3d]
-        self.out_w = nn.ParameterDict()  # [c, d]
-        self.out_b = nn.ParameterDict()  # [c]
-        for name, c in self.cols.items():
-            k = module_key(name)
-            self.hidden_rz[k] = _uniform((c, d, 2 * d), gate_bound)
-            self.hidden_h[k] = _uniform((c, d, d), gate_bound)
-            self.input_w[k] = _uniform((c, 3 * d), gate_bound)
-            if gate_bias:
-                self.gate_b[k] = nn.Parameter(torch.zeros(c, 3 * d))
+        parts: dict[str, list[Tensor]] = {kind: [] for kind in WEIGHT_KINDS}
+        for c in self.cols.values():  # drawn tensor by tensor, in the order one parameter each had
+            parts["hidden_rz"].append(_uniform((c, d, 2 * d), gate_bound))
+            parts["hidden_h"].append(_uniform((c, d, d), gate_bound))
+            parts["input_w"].append(_uniform((c, 3 * d), gate_bound))
+            parts["gate_b"].append(torch.zeros(c, 3 * d))
             if readout == "plain":
-                self.out_w[k] = _uniform((c, d), out_bound)
-                self.out_b[k] = _uniform((c,), out_bound)
+                parts["out_w"].append(_uniform((c, d), out_bound))
+                parts["out_b"].append(_uniform((c,), out_bound))
             else:
-                self.out_w[k] = nn.Parameter(torch.zeros(c, d))
-                self.out_b[k] = nn.Parameter(torch.zeros(c))
+                parts["out_w"].append(torch.zeros(c, d))
+                parts["out_b"].append(torch.zeros(c))
+        for kind, values in parts.items():
+            value = nn.Parameter(torch.cat(values)) if kind != "gate_b" or gate_bias else None
+            self.register_parameter(kind, value)
+        self.register_load_state_dict_pre_hook(_join_saved_tensors)
 
     def zero_state(self, x: Tensor) -> Tensor:
         """The initial state ``[R, c, d]`` for inputs ``x [R, c]``."""
@@ -340,7 +384,7 @@ class CoordinateGRU(nn.Module):
     def step(self, names: Names, x: Tensor, h: Tensor) -> Tensor:
         """One GRU step for every coordinate: ``x [R, c]``, ``h [R, c, d]`` (no gradient: the state carry)."""
         if x.shape[0] == 1:  # as run steps a single row
-            return _coordinate_steps(self._joined(names), h[0].t(), x)[0][1].t().unsqueeze(0)
+            return _coordinate_steps(self.weights(names), h[0].t(), x)[0][1].t().unsqueeze(0)
         w = self._blocks(names, x.shape[0])
         state = _to_groups(h, w.input.shape[0])
         x_in = _gates_in(w, _to_groups(x, w.input.shape[0]))
@@ -373,7 +417,7 @@ class CoordinateGRU(nn.Module):
         rows, cols, steps = h0.shape[0], h0.shape[1], len(inputs)
         if rows == 1:
             xs = torch.cat(list(inputs) if _unit(scale) else [x / scale for x in inputs])  # [T, c]
-            reads = _CoordinateWindow.apply(h0[0], *self._joined(names, tiled), xs)
+            reads = _CoordinateWindow.apply(h0[0], *self.weights(names, tiled), xs)
             return self._finish(reads.unsqueeze(1), inputs, scale)
         if tiled:
             raise ValueError("a table is tiled only into a single row")
@@ -384,20 +428,31 @@ class CoordinateGRU(nn.Module):
         per_step = reads.view(cols, steps, rows).permute(1, 2, 0).contiguous()  # [T, R, c]
         return self._finish(per_step, inputs, scale)
 
-    def _joined(self, names: Names, tiled: Mapping[str, int] | None = None) -> _Joined:
-        """The GRU weights of ``names``' columns side by side, a tiled table's once per row."""
+    def weights(self, names: Names, tiled: Mapping[str, int] | None = None) -> _Joined:
+        """The GRU weights of ``names``' columns side by side, a tiled table's once
+        per row: slices of the parameters where the names lie next to each other."""
         tiled = tiled or {}
-        keys = [(module_key(n), tiled.get(n, 1)) for n in _names(names)]
+        spans: list[list[int]] = []  # [start, columns, times]
+        for name in _names(names):
+            start, cols = self.span[name]
+            times = tiled.get(name, 1)
+            if spans and times == spans[-1][2] == 1 and sum(spans[-1][:2]) == start:
+                spans[-1][1] += cols
+            else:
+                spans.append([start, cols, times])
 
-        def joined(store: nn.ParameterDict) -> Tensor:
+        def joined(weight: Tensor) -> Tensor:
             parts = [
-                store[k] if times == 1 else store[k].repeat(times, *[1] * (store[k].dim() - 1)) for k, times in keys
+                weight.narrow(0, start, cols).repeat(times, *[1] * (weight.dim() - 1))
+                if times > 1
+                else weight.narrow(0, start, cols)
+                for start, cols, times in spans
             ]
             return parts[0] if len(parts) == 1 else torch.cat(parts)
 
         return _Joined(
             input=joined(self.input_w),
-            gate_bias=joined(self.gate_b) if keys[0][0] in self.gate_b else None,
+            gate_bias=None if self.gate_b is None else joined(self.gate_b),
             hidden_rz=joined(self.hidden_rz),
             hidden_h=joined(self.hidden_h),
             out_w=joined(self.out_w),
@@ -406,7 +461,7 @@ class CoordinateGRU(nn.Module):
 
     def _blocks(self, names: Names, rows: int) -> _Blocks:
         """The GRU weights of ``names``' columns, side by side, in column groups."""
-        j = self._joined(names)
+        j = self.weights(names)
         c, d = j.input.shape[0], self.hidden
         per = group_columns(c, rows, d)
         groups = c // per

@@ -31,6 +31,14 @@ EMBEDDING_TABLES: dict[str, tuple[str, ...]] = {
 }
 
 
+def _lookup(table: Tensor, index: Tensor) -> Tensor:
+    """``table``'s rows at ``index`` (any shape). index_select, not F.embedding or
+    ``table[index]``: its backward, index_add_, measured ~2.5x cheaper than
+    F.embedding's on the meta generator's compact tables and a little cheaper
+    on full ones (index_put's, ``table[index]``'s, is far dearer)."""
+    return table.index_select(0, index.reshape(-1)).view(*index.shape, table.shape[1])
+
+
 def _masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     """Mean over the second-to-last axis where ``mask`` is true; zeros if none."""
     weights = mask.to(values.dtype).unsqueeze(-1)
@@ -72,15 +80,14 @@ def _category_means(table: Tensor, cats: Tensor) -> Tensor:
     # an extra zero row stands for padding; embedding_bag leaves it out of the mean
     padded = torch.cat([table, table.new_zeros(1, table.shape[1])])
     if cats.shape[-1] == 1:  # one category or none: the mean is the row itself, at a fifth of the cost
-        return F.embedding(torch.where(cats[..., 0] >= 0, cats[..., 0], table.shape[0]), padded)
+        return _lookup(padded, torch.where(cats[..., 0] >= 0, cats[..., 0], table.shape[0]))
     flat = torch.where(cats >= 0, cats, table.shape[0]).reshape(-1, cats.shape[-1])
     means = F.embedding_bag(flat, padded, mode="mean", padding_idx=table.shape[0])
     return means.reshape(*cats.shape[:-1], table.shape[1])
 
 
 def _item_vectors(params: Mapping[str, Tensor], items: Tensor, cats: Tensor) -> Tensor:
-    # F.embedding, not tensor[idx]: its backward is far cheaper than index_put
-    item_vec = F.embedding(items.clamp(min=0), params["item_emb"])
+    item_vec = _lookup(params["item_emb"], items.clamp(min=0))
     return torch.cat([item_vec, _category_means(params["cat_emb"], cats)], dim=-1)
 
 
@@ -223,7 +230,7 @@ def _mlp(params: Mapping[str, Tensor], x: Tensor, n_layers: int, first: int = 0)
 
 
 def mf_logits(params: Mapping[str, Tensor], ex: Examples) -> Tensor:
-    return _mf(F.embedding(ex.user, params["user_emb"]), F.embedding(ex.item, params["item_emb"]), params["bias"])
+    return _mf(_lookup(params["user_emb"], ex.user), _lookup(params["item_emb"], ex.item), params["bias"])
 
 
 def logits(params: Mapping[str, Tensor], ex: Examples, n_layers: int, mix: CategoryMix | None = None) -> Tensor:
@@ -241,7 +248,7 @@ def _mlp_inputs(params: Mapping[str, Tensor], ex: Examples, mixes: Sequence[Cate
     """The MLP's input rows: ``[user, history, candidate]`` vectors (see :func:`logits`).
     With ``mixes``, one per part of ``ex`` in order, ``params["cat_emb"]`` holds
     each part's category rows, the parts' end to end."""
-    user_vec = F.embedding(ex.user, params["user_emb"])
+    user_vec = _lookup(params["user_emb"], ex.user)
     if mixes is None:
         candidate = _item_vectors(params, ex.item, ex.item_cats)
         history = _history_vector(params, ex.hist_items, ex.hist_cats)
@@ -250,7 +257,7 @@ def _mlp_inputs(params: Mapping[str, Tensor], ex: Examples, mixes: Sequence[Cate
         cats = params["cat_emb"].split([len(m.rows) for m in mixes])
         item_cats = torch.cat([m.item @ c for m, c in zip(mixes, cats, strict=True)])
         hist_cats = torch.cat([m.history @ c for m, c in zip(mixes, cats, strict=True)])
-        candidate = torch.cat([F.embedding(ex.item.clamp(min=0), params["item_emb"]), item_cats], dim=-1)
+        candidate = torch.cat([_lookup(params["item_emb"], ex.item.clamp(min=0)), item_cats], dim=-1)
         history = torch.cat([_history_items(params["item_emb"], ex.hist_items), hist_cats], dim=-1)
     return torch.cat([user_vec, history, candidate], dim=-1)
 
@@ -270,8 +277,8 @@ def parts_logits(
     layers run per part. ``mixes``: each part's category weights, its category
     rows in ``tables["cat_emb"]`` one part after another."""
     if n_layers == 0:
-        users = F.embedding(ex.user, tables["user_emb"]).split(list(sizes))
-        items = F.embedding(ex.item, tables["item_emb"]).split(list(sizes))
+        users = _lookup(tables["user_emb"], ex.user).split(list(sizes))
+        items = _lookup(tables["item_emb"], ex.item).split(list(sizes))
         return torch.cat([_mf(u, i, head["bias"]) for u, i, head in zip(users, items, heads, strict=True)])
     x = _mlp_inputs(tables, ex, mixes).split(list(sizes))
     return torch.cat([_mlp(head, part, n_layers) for head, part in zip(heads, x, strict=True)])

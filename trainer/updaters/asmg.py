@@ -36,7 +36,7 @@ from torch import Tensor
 
 from trainer.features import Examples, concat_examples
 from trainer.learner import BaseLearner, seeded_generator
-from trainer.meta import CoordinateGRU, LinearCombiner, Readout
+from trainer.meta import CoordinateGRU, LinearCombiner, Readout, join_saved_optimizer_state
 from trainer.model import EMBEDDING_TABLES, CategoryMix, Params, category_mix, parts_logits
 from trainer.updaters.base import Updater
 
@@ -447,7 +447,10 @@ class Asmg(Updater):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.generator.load_state_dict(state["generator"])
-        self.meta_optimizer.load_state_dict(state["meta_optimizer"])
+        optimizer_state = state["meta_optimizer"]
+        if isinstance(self.generator, CoordinateGRU):  # saved with the GRU's weights per base-model tensor
+            optimizer_state = join_saved_optimizer_state(optimizer_state, self.generator)
+        self.meta_optimizer.load_state_dict(optimizer_state)
         self.rng.set_state(state["rng"])
         self.models = list(state["models"])
         self.periods = [Examples.from_dict(p) for p in state["periods"]]
