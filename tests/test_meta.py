@@ -180,3 +180,30 @@ def test_a_tiled_table_runs_in_a_row_as_it_runs_alone() -> None:
             continue
         torch.testing.assert_close(a, b)
     torch.testing.assert_close(row[2][:, :5], gru.run("mlp.0.bias", bias, h_bias)[2])
+
+
+@pytest.mark.parametrize("rows", [(7, 30), (30, 7), (5, 5), (1, 40), (12, 12, 31)])
+def test_tables_run_together_as_they_run_alone(rows: tuple[int, ...]) -> None:
+    """Tables of one column count, cut into chunks of one size (the last
+    padded) and run in one window, give each table's values and gradients."""
+    shapes = {name: (r, 4) for name, r in zip(("user_emb", "item_emb", "cat_emb"), rows, strict=False)}
+    gru = CoordinateGRU(shapes, hidden=2, readout="residual", gate_bias=True)
+    with torch.no_grad():
+        for p in gru.parameters():
+            p.add_(torch.randn_like(p))
+    names = list(shapes)
+    xs = [torch.randn(3, r, 4) for r in rows]
+    h0s = [torch.randn(r, 4, 2) for r in rows]
+    scales = [1.0, torch.rand(4) + 0.5, 2.0][: len(rows)]
+    weights = [torch.randn(3, r, 4) for r in rows]
+    together = gru.run_tables(names, xs, h0s, scales)
+    alone = [gru.run(n, x, h, s) for n, x, h, s in zip(names, xs, h0s, scales, strict=True)]
+    for a, b in zip(together, alone, strict=True):
+        torch.testing.assert_close(a, b)
+    params = list(gru.parameters())
+    grads = [
+        torch.autograd.grad(sum((o * w).sum() for o, w in zip(outs, weights, strict=True)), params)
+        for outs in (together, alone)
+    ]
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b)
