@@ -207,3 +207,7 @@ def test_tables_run_together_as_they_run_alone(rows: tuple[int, ...]) -> None:
     ]
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b)
+    # one step, as the state carry takes it
+    stepped = gru.step_tables(names, [x[0] for x in xs], h0s)
+    for name, x, h, got in zip(names, xs, h0s, stepped, strict=True):
+        torch.testing.assert_close(got, gru.step(name, x[0], h))

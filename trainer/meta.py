@@ -83,12 +83,40 @@ def _chunk_rows(rows: Sequence[int]) -> int:
     return -(-most // min(MAX_CHUNKS, most // least))  # no smaller than the smallest table
 
 
-def _tiles(parts: Sequence[Tensor | None], counts: Sequence[int]) -> Tensor:
-    """``parts`` end to end along the first axis, each repeated ``counts`` times."""
-    tiled = [
-        p if k == 1 else p.repeat(k, *[1] * (p.dim() - 1)) for p, k in zip(parts, counts, strict=True) if p is not None
-    ]
-    return tiled[0] if len(tiled) == 1 else torch.cat(tiled)
+class _Chunks(NamedTuple):
+    """Tables cut into chunks of ``size`` rows (``counts[i]`` for table i) to
+    run as one: each chunk's column groups side by side, table after table."""
+
+    rows: list[int]
+    size: int
+    counts: list[int]
+
+    @staticmethod
+    def of(rows: Sequence[int]) -> _Chunks:
+        size = _chunk_rows(rows)
+        return _Chunks(list(rows), size, [-(-r // size) for r in rows])
+
+    def lay(self, parts: Sequence[Tensor], groups: int) -> Tensor:
+        """Each table's ``[T, R, w]`` (``w`` = c·e: e units per column), rows padded
+        with zeros to whole chunks, as ``[k·G, w/G, T·size]``, tables end to end;
+        a group's units are its columns' in order, every step side by side."""
+        laid = []
+        for t, r, k in zip(parts, self.rows, self.counts, strict=True):
+            if k * self.size > r:  # zero rows to fill the last chunk; their outputs are dropped
+                t = torch.cat([t, t.new_zeros(t.shape[0], k * self.size - r, t.shape[2])], dim=1)
+            steps = t.shape[0]
+            laid.append(
+                t.reshape(steps, k, self.size, -1).permute(1, 3, 0, 2).reshape(k * groups, -1, steps * self.size)
+            )
+        return laid[0] if len(laid) == 1 else torch.cat(laid)
+
+    def unlay(self, laid: Tensor, groups: int, steps: int) -> list[Tensor]:
+        """The inverse of :meth:`lay`: each table's ``[T, R, w]``."""
+        parts = laid.split([k * groups for k in self.counts])
+        return [
+            part.view(k, -1, steps, self.size).permute(2, 0, 3, 1).reshape(steps, k * self.size, -1)[:, :r]
+            for part, r, k in zip(parts, self.rows, self.counts, strict=True)
+        ]
 
 
 def _to_groups(x: Tensor, groups: int) -> Tensor:
@@ -407,10 +435,19 @@ class CoordinateGRU(nn.Module):
         """One GRU step for every coordinate: ``x [R, c]``, ``h [R, c, d]`` (no gradient: the state carry)."""
         if x.shape[0] == 1:  # as run steps a single row
             return _coordinate_steps(self.weights(names), h[0].t(), x)[0][1].t().unsqueeze(0)
-        w = self._blocks(names, x.shape[0])
-        state = _to_groups(h, w.input.shape[0])
-        x_in = _gates_in(w, _to_groups(x, w.input.shape[0]))
-        return _from_groups(_block_step(w, x_in, state, torch.empty_like(state), torch.empty_like(state)), *h.shape)
+        (name,) = _names(names)
+        return self.step_tables([name], [x], [h])[0]
+
+    @torch.no_grad()
+    def step_tables(self, names: Sequence[str], xs: Sequence[Tensor], hs: Sequence[Tensor]) -> list[Tensor]:
+        """:meth:`step` for several tables of as many columns, as one (see :meth:`run_tables`)."""
+        chunks = _Chunks.of([h.shape[0] for h in hs])
+        w = self._blocks(names, max(chunks.rows), dict(zip(names, chunks.counts, strict=True)))
+        groups = w.input.shape[0] // sum(chunks.counts)
+        state = chunks.lay([h.reshape(1, h.shape[0], -1) for h in hs], groups)
+        x_in = _gates_in(w, chunks.lay([x.unsqueeze(0) for x in xs], groups))
+        stepped = _block_step(w, x_in, state, torch.empty_like(state), torch.empty_like(state))
+        return [h.view(h.shape[1], *old.shape[1:]) for h, old in zip(chunks.unlay(stepped, groups, 1), hs, strict=True)]
 
     def read(self, names: Names, h: Tensor, last: Tensor, scale: float | Tensor = 1.0) -> Tensor:
         """The generated version from ``h [R, c, d]``; ``last [R, c]`` is the newest input version."""
@@ -460,34 +497,14 @@ class CoordinateGRU(nn.Module):
         table's chunks with its weights), so the tables share one set of
         operations where each would pay its own (~0.5 ms a table, forward and
         backward, on a few hundred rows)."""
-        rows = [h.shape[0] for h in h0s]
-        steps, cols = inputs[0].shape[0], h0s[0].shape[1]
-        chunk = _chunk_rows(rows)
-        blocks = [self._blocks(name, max(rows)) for name in names]
-        groups = blocks[0].input.shape[0]
-        counts = [-(-r // chunk) for r in rows]  # chunks per table
-        xs, hs = [], []
-        for x, h, scale, r, k in zip(inputs, h0s, scales, rows, counts, strict=True):
-            seen = x if _unit(scale) else x / scale
-            if k * chunk > r:  # zero rows to fill the last chunk; their outputs are dropped
-                seen = torch.cat([seen, seen.new_zeros(steps, k * chunk - r, cols)], dim=1)
-                h = torch.cat([h, h.new_zeros(k * chunk - r, *h.shape[1:])])
-            # [T, k·chunk, c] → [k, c, T, chunk], viewed as [k·G, cg, T·chunk]: every step side by side
-            xs.append(seen.reshape(steps, k, chunk, cols).permute(1, 3, 0, 2).reshape(k * groups, -1, steps * chunk))
-            hs.append(h.reshape(k, chunk, -1).transpose(1, 2).reshape(k * groups, -1, chunk))
-
-        weights = [
-            None if first is None else _tiles([w[i] for w in blocks], counts) for i, first in enumerate(blocks[0])
-        ]
-        state = hs[0] if len(hs) == 1 else torch.cat(hs)
-        reads = _GroupedWindow.apply(state, *weights, xs[0] if len(xs) == 1 else torch.cat(xs))
-        outputs = []
-        for part, x, scale, r, k in zip(
-            reads.split([k * groups for k in counts]), inputs, scales, rows, counts, strict=True
-        ):
-            per_step = part.view(k, cols, steps, chunk).permute(2, 0, 3, 1).reshape(steps, k * chunk, cols)
-            outputs.append(self._finish(per_step[:, :r], x, scale))
-        return outputs
+        chunks = _Chunks.of([h.shape[0] for h in h0s])
+        w = self._blocks(names, max(chunks.rows), dict(zip(names, chunks.counts, strict=True)))
+        groups = w.input.shape[0] // sum(chunks.counts)
+        seen = [x if _unit(scale) else x / scale for x, scale in zip(inputs, scales, strict=True)]
+        state = chunks.lay([h.reshape(1, h.shape[0], -1) for h in h0s], groups)
+        reads = _GroupedWindow.apply(state, *w, chunks.lay(seen, groups))
+        per_step = chunks.unlay(reads, groups, inputs[0].shape[0])
+        return [self._finish(*out) for out in zip(per_step, inputs, scales, strict=True)]
 
     def weights(self, names: Names, tiled: Mapping[str, int] | None = None) -> _Joined:
         """The GRU weights of ``names``' columns side by side, a tiled table's once
@@ -520,12 +537,13 @@ class CoordinateGRU(nn.Module):
             out_b=joined(self.out_b),
         )
 
-    def _blocks(self, names: Names, rows: int) -> _Blocks:
-        """The GRU weights of ``names``' columns, side by side, in column groups."""
-        j = self.weights(names)
-        c, d = j.input.shape[0], self.hidden
-        per = group_columns(c, rows, d)
-        groups = c // per
+    def _blocks(self, names: Names, rows: int, tiled: Mapping[str, int] | None = None) -> _Blocks:
+        """The GRU weights of ``names``' columns, side by side (a tiled table's
+        once per tile), in column groups of the first tensor's grouping."""
+        j = self.weights(names, tiled)
+        d = self.hidden
+        per = group_columns(self.cols[_names(names)[0]], rows, d)
+        groups = j.input.shape[0] // per
         eye = torch.eye(per)
 
         def blocks(spec: str, weights: Tensor) -> Tensor:

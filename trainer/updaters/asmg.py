@@ -126,6 +126,14 @@ def _rows_changed(new: Tensor, old: Tensor) -> Tensor:
     return differ.view(torch.int64).ne(0).any(dim=1)
 
 
+def _by_width(widths: dict[str, int]) -> list[list[str]]:
+    """Tables by their column count: those of as many columns run as one."""
+    groups: dict[int, list[str]] = {}
+    for name, width in widths.items():
+        groups.setdefault(width, []).append(name)
+    return list(groups.values())
+
+
 def _and_cold(rows: Tensor, cold: Tensor | None = None) -> Tensor:
     """``rows`` of a table, then the cold sequence's row: its state ``cold``, or zeros
     (its value, and its state where it has none yet)."""
@@ -332,10 +340,7 @@ class Asmg(Updater):
             for name, table in rest.items():
                 generated[name] = self._table_output(table, self._run([name], table.inputs, table.h, scales[name]))
             return generated
-        by_width: dict[int, list[str]] = {}  # tables of as many columns run as one
-        for name, table in rest.items():
-            by_width.setdefault(table.inputs.shape[2], []).append(name)
-        for names in by_width.values():
+        for names in _by_width({name: table.inputs.shape[2] for name, table in rest.items()}):
             parts = [rest[name] for name in names]
             outs = self.generator.run_tables(
                 names,
@@ -431,15 +436,17 @@ class Asmg(Updater):
         assert isinstance(self.generator, CoordinateGRU)
         state = dict(h0) if h0 is not None else {}
         scales = self._scales(newest)
-        for name in self.live:
-            x = first[name]
-            h = h0[name] if h0 is not None else self.generator.zero_state(x)
-            where = self.live[name].nonzero().squeeze(1)
-            stepped = self.generator.step(
-                name, _and_cold(x[where]) / scales[name], _and_cold(h[where], self._cold(h0, name))
+        full = {name: h0[name] if h0 is not None else self.generator.zero_state(first[name]) for name in self.live}
+        where = {name: live.nonzero().squeeze(1) for name, live in self.live.items()}
+        for names in _by_width({name: first[name].shape[1] for name in self.live}):
+            stepped_rows = self.generator.step_tables(
+                names,
+                [_and_cold(first[name][where[name]]) / scales[name] for name in names],
+                [_and_cold(full[name][where[name]], self._cold(h0, name)) for name in names],
             )
-            state[name] = h.index_copy_(0, where, stepped[:-1])
-            state[name + COLD] = stepped[-1:].contiguous()
+            for name, rows in zip(names, stepped_rows, strict=True):
+                state[name] = full[name].index_copy_(0, where[name], rows[:-1])
+                state[name + COLD] = rows[-1:].contiguous()
         # the MLP's tensors side by side, as in training
         x = torch.cat([first[name].reshape(1, -1) / scales[name] for name in self.mlp], dim=1)
         h = torch.cat([h0[name] for name in self.mlp], dim=1) if h0 is not None else self.generator.zero_state(x)
