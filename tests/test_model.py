@@ -252,7 +252,7 @@ def test_parts_score_under_their_own_stacked_parameters(
     tables = {t: torch.cat([p[t][rows[t]] for p in leaves]) for t in looked_up}
     if mixes is not None:
         tables["cat_emb"] = torch.cat([leaves[j]["cat_emb"][m.rows] for j, m in zip(steps, mixes, strict=True)])  # type: ignore[union-attr]
-    heads = [{k: v for k, v in leaves[j].items() if k not in tables} for j in steps]
+    heads = {k: torch.stack([leaves[j][k] for j in steps]) for k in leaves[0] if k not in tables}
     together = parts_logits(
         tables,
         heads,

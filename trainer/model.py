@@ -264,7 +264,7 @@ def _mlp_inputs(params: Mapping[str, Tensor], ex: Examples, mixes: Sequence[Cate
 
 def parts_logits(
     tables: Mapping[str, Tensor],
-    heads: Sequence[Mapping[str, Tensor]],
+    heads: Mapping[str, Tensor],
     ex: Examples,
     sizes: Sequence[int],
     n_layers: int,
@@ -272,16 +272,28 @@ def parts_logits(
 ) -> Tensor:
     """:func:`logits` of ``ex`` made of parts of ``sizes`` rows, each part under
     its own parameters: the embedding tables ``tables`` are shared (each part's
-    indices point at its own rows of them) and ``heads[i]`` holds part i's
-    other parameters. One lookup pass serves every part; only the small dense
-    layers run per part. ``mixes``: each part's category weights, its category
-    rows in ``tables["cat_emb"]`` one part after another."""
+    indices point at its own rows of them) and ``heads[name]`` stacks the parts'
+    other parameters, ``[P, ...]``. One lookup pass serves every part, and each
+    dense layer is one batched product over the parts. ``mixes``: each part's
+    category weights, its category rows in ``tables["cat_emb"]`` one part
+    after another."""
+    counts = torch.tensor(list(sizes))
     if n_layers == 0:
-        users = _lookup(tables["user_emb"], ex.user).split(list(sizes))
-        items = _lookup(tables["item_emb"], ex.item).split(list(sizes))
-        return torch.cat([_mf(u, i, head["bias"]) for u, i, head in zip(users, items, heads, strict=True)])
-    x = _mlp_inputs(tables, ex, mixes).split(list(sizes))
-    return torch.cat([_mlp(head, part, n_layers) for head, part in zip(heads, x, strict=True)])
+        user, item = _lookup(tables["user_emb"], ex.user), _lookup(tables["item_emb"], ex.item)
+        return _mf(user, item, heads["bias"].repeat_interleave(counts))
+    x = _mlp_inputs(tables, ex, mixes)
+    # the parts padded to the longest, [P, longest, ·]: row r of part p at p·longest + r
+    longest = max(sizes)
+    place = torch.arange(len(x)) + (torch.arange(len(sizes)) * longest - counts.cumsum(0) + counts).repeat_interleave(
+        counts
+    )
+    h = x.new_zeros(len(sizes) * longest, x.shape[1]).index_copy(0, place, x).view(len(sizes), longest, -1)
+    for i in range(n_layers):
+        weight, bias = heads[f"mlp.{i}.weight"], heads[f"mlp.{i}.bias"]
+        h = torch.baddbmm(bias.unsqueeze(1), h, weight.transpose(1, 2))
+        if i < n_layers - 1:
+            h = F.relu(h)
+    return h.view(-1).index_select(0, place)
 
 
 def request_logits(

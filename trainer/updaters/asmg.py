@@ -320,7 +320,11 @@ class Asmg(Updater):
                     cats = torch.cat([places[j] + j * len(cat_rows) for j in chosen])
                     tables_flat["cat_emb"] = tables_flat["cat_emb"].index_select(0, cats)
                     parts_mixes = [mixes[j].select(splits[j][b]) for j in chosen]  # type: ignore[union-attr, index]
-                heads = [{name: generated[name][j] for name in self.mlp} for j in chosen]
+                steps = None if len(chosen) == len(window) else torch.tensor(chosen)
+                heads = {
+                    name: generated[name] if steps is None else generated[name].index_select(0, steps)
+                    for name in self.mlp
+                }
                 sizes = [len(ex) for ex in compact]
                 ex = concat_examples(compact)
                 scores = parts_logits(tables_flat, heads, ex, sizes, self.learner.model.n_layers, parts_mixes)
