@@ -4,13 +4,15 @@ periods (~3.2k rows) and on ml-1m periods (~32k rows, 10× larger).
 Each (data set, method) runs in its own process (one torch thread, seed 0,
 the service's base settings: batch 256, lr 1e-3) so its peak memory is its
 own. Reported per period, mean over the last 10 updates: the whole update,
-the meta generator's part (its training, the hidden-state carry and
-generating the serving model), and the rest (the base model's training,
-which is exactly IU's step: ASMG's base model is trained by IU). The target
-is a meta step no dearer than the IU step. Two baselines: IU run alone in
-the same run, and the IU step inside the same ASMG updates ("rest"), which
-is interleaved with the meta step period by period and so drifts with it
-when the machine's speed does.
+the meta part (everything ASMG adds to IU's step: the period's category
+weights, the generator's training, the hidden-state carry, tracking live
+rows and generating the serving model), and the rest (the base model's
+training and the copy of it that is kept, which is exactly IU's step:
+ASMG's base model is trained by IU). The target is a meta step no dearer
+than the IU step. Two baselines: IU run alone in the same run, and the IU
+step inside the same ASMG updates ("rest"), which is interleaved with the
+meta step period by period and so drifts with it when the machine's speed
+does.
 
     python benchmarks/trainer_period.py
 """
