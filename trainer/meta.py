@@ -14,9 +14,12 @@ The columns are worked in groups of a few (:func:`group_columns`): a group's
 GRUs form one small GRU whose weights are block-diagonal, so a step over all
 rows is a handful of batched matrix products and elementwise ops, with the
 forward and backward passes written out by hand (:class:`_GroupedWindow`).
-One column per group is the plain per-coordinate layout (the MLP's row); for
-an embedding table two or more per group trade a few zero multiplications
-for far fewer, larger products.
+Two or more columns per group trade a few zero multiplications for far
+fewer, larger products; the MLP's single row, with nothing to batch over,
+runs with its coordinates on the last axis instead (:class:`_CoordinateWindow`).
+Tables of as many columns run as one window:
+their rows cut into chunks of one size, every chunk's groups side by side
+(:class:`_Chunks`), so a small table pays no call of its own.
 """
 
 from __future__ import annotations
@@ -80,7 +83,7 @@ def _chunk_rows(rows: Sequence[int]) -> int:
     most :data:`MAX_CHUNKS` of them), which keeps the zero rows that fill each
     table's last chunk few."""
     least, most = max(1, min(rows)), max(rows)
-    return -(-most // min(MAX_CHUNKS, most // least))  # no smaller than the smallest table
+    return -(-most // min(MAX_CHUNKS, most // least))
 
 
 class _Chunks(NamedTuple):
