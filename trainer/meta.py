@@ -444,10 +444,7 @@ class CoordinateGRU(nn.Module):
     @torch.no_grad()
     def step_tables(self, names: Sequence[str], xs: Sequence[Tensor], hs: Sequence[Tensor]) -> list[Tensor]:
         """:meth:`step` for several tables of as many columns, as one (see :meth:`run_tables`)."""
-        chunks = _Chunks.of([h.shape[0] for h in hs])
-        w = self._blocks(names, max(chunks.rows), dict(zip(names, chunks.counts, strict=True)))
-        groups = w.input.shape[0] // sum(chunks.counts)
-        state = chunks.lay([h.reshape(1, h.shape[0], -1) for h in hs], groups)
+        chunks, w, groups, state = self._chunked(names, hs)
         x_in = _gates_in(w, chunks.lay([x.unsqueeze(0) for x in xs], groups))
         stepped = _block_step(w, x_in, state, torch.empty_like(state), torch.empty_like(state))
         return [h.view(h.shape[1], *old.shape[1:]) for h, old in zip(chunks.unlay(stepped, groups, 1), hs, strict=True)]
@@ -500,14 +497,20 @@ class CoordinateGRU(nn.Module):
         table's chunks with its weights), so the tables share one set of
         operations where each would pay its own (~0.5 ms a table, forward and
         backward, on a few hundred rows)."""
-        chunks = _Chunks.of([h.shape[0] for h in h0s])
-        w = self._blocks(names, max(chunks.rows), dict(zip(names, chunks.counts, strict=True)))
-        groups = w.input.shape[0] // sum(chunks.counts)
+        chunks, w, groups, state = self._chunked(names, h0s)
         seen = [x if _unit(scale) else x / scale for x, scale in zip(inputs, scales, strict=True)]
-        state = chunks.lay([h.reshape(1, h.shape[0], -1) for h in h0s], groups)
         reads = _GroupedWindow.apply(state, *w, chunks.lay(seen, groups))
         per_step = chunks.unlay(reads, groups, inputs[0].shape[0])
-        return [self._finish(*out) for out in zip(per_step, inputs, scales, strict=True)]
+        return [self._finish(y, x, scale) for y, x, scale in zip(per_step, inputs, scales, strict=True)]
+
+    def _chunked(self, names: Sequence[str], hs: Sequence[Tensor]) -> tuple[_Chunks, _Blocks, int, Tensor]:
+        """Tables with states ``hs [R_i, c, d]`` laid out to run as one: their
+        chunks, the weights once per chunk, the column groups per chunk, and
+        the states so laid out."""
+        chunks = _Chunks.of([h.shape[0] for h in hs])
+        w = self._blocks(names, max(chunks.rows), dict(zip(names, chunks.counts, strict=True)))
+        groups = w.input.shape[0] // sum(chunks.counts)
+        return chunks, w, groups, chunks.lay([h.reshape(1, h.shape[0], -1) for h in hs], groups)
 
     def weights(self, names: Names, tiled: Mapping[str, int] | None = None) -> _Joined:
         """The GRU weights of ``names``' columns side by side, a tiled table's once

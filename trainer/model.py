@@ -278,9 +278,8 @@ def parts_logits(
     category weights, its category rows in ``tables["cat_emb"]`` one part
     after another."""
     counts = torch.tensor(list(sizes))
-    if n_layers == 0:
-        user, item = _lookup(tables["user_emb"], ex.user), _lookup(tables["item_emb"], ex.item)
-        return _mf(user, item, heads["bias"].repeat_interleave(counts))
+    if n_layers == 0:  # each row under its part's bias
+        return mf_logits({**tables, "bias": heads["bias"].repeat_interleave(counts)}, ex)
     x = _mlp_inputs(tables, ex, mixes)
     # the parts padded to the longest, [P, longest, ·]: row r of part p at p·longest + r
     longest = max(sizes)

@@ -452,10 +452,10 @@ class Asmg(Updater):
                 state[name] = full[name].index_copy_(0, where[name], rows[:-1])
                 state[name + COLD] = rows[-1:].contiguous()
         # the MLP's tensors side by side, as in training
-        x = torch.cat([first[name].reshape(1, -1) / scales[name] for name in self.mlp], dim=1)
-        h = torch.cat([h0[name] for name in self.mlp], dim=1) if h0 is not None else self.generator.zero_state(x)
-        stepped = self.generator.step(self.mlp, x, h)
-        for name, part in zip(self.mlp, stepped.split(self.mlp_widths, dim=1), strict=True):
+        row = self._row([first], h0, scales, {})
+        x = row.inputs[0] / row.scale
+        stepped = self.generator.step(row.names, x, row.h if row.h is not None else self.generator.zero_state(x))
+        for name, part in zip(row.names, stepped.split(row.widths, dim=1), strict=True):
             state[name] = part.contiguous()
         return state
 
