@@ -12,7 +12,7 @@ from trainer.learner import BaseLearner
 from trainer.meta import CoordinateGRU, module_key
 from trainer.model import EmbMLP, logits
 from trainer.updaters import make_updater
-from trainer.updaters.asmg import COLD, Asmg, compact_batches, step_weights
+from trainer.updaters.asmg import COLD, Asmg, _rows_changed, compact_batches, step_weights
 
 
 def periods(log: EncodedLog, n: int) -> list[Examples]:
@@ -39,6 +39,19 @@ def test_step_weights() -> None:
     assert step_weights("unif", 3) == pytest.approx([1 / 3] * 3)
     assert step_weights("single", 3) == [0.0, 0.0, 1.0]
     assert sum(step_weights("multi", 6)) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("cols", [1, 2, 6, 8, 9, 16, 32])
+def test_rows_changed_flags_exactly_the_rows_that_differ(cols: int) -> None:
+    torch.manual_seed(cols)
+    old = torch.randn(50, cols)
+    new = old.clone()
+    moved = torch.tensor([0, 7, 31, 49])
+    new[moved, torch.randint(0, cols, (4,))] += 1e-6  # one coordinate of each, by a hair
+    new[3, 0] = -0.0 if old[3, 0] == 0 else old[3, 0]  # an unchanged value rewritten
+    expected = torch.zeros(50, dtype=torch.bool)
+    expected[moved] = True
+    assert torch.equal(_rows_changed(new, old), expected)
 
 
 def test_compact_batches_score_like_the_full_tables(small_log: EncodedLog, small_config: ModelConfig) -> None:

@@ -383,9 +383,9 @@ class CoordinateGRU(nn.Module):
     generator returns the newest model it was given.
 
     Each kind of weight is one parameter over the columns of every base-model
-    tensor, in the order of ``shapes`` (``span`` says where a tensor's lie):
-    tensors that run side by side take a slice, not a copy, and the optimiser
-    steps six tensors rather than six per base-model tensor.
+    tensor, in the order of ``shapes`` (``span``: where a tensor's lie, start and end):
+    tensors that run side by side take one gather of each kind, and the
+    optimiser steps six tensors rather than six per base-model tensor.
     """
 
     hidden_rz: nn.Parameter  # [C, d, 2d]: h → (r, z)
@@ -408,7 +408,7 @@ class CoordinateGRU(nn.Module):
         self.names = list(shapes)
         self.cols = _column_counts(shapes)
         starts = itertools.accumulate(self.cols.values(), initial=0)
-        self.span = {name: (start, c) for (name, c), start in zip(self.cols.items(), starts, strict=False)}
+        self.span = {name: (start, start + c) for (name, c), start in zip(self.cols.items(), starts, strict=False)}
         d = hidden
         gate_bound = math.sqrt(6.0 / (2 * d + 1))  # Glorot on the [d+1, d] map from [h, θ]
         out_bound = math.sqrt(6.0 / (d + 2))  # Glorot on the [d+1, 1] read-out
@@ -514,33 +514,17 @@ class CoordinateGRU(nn.Module):
 
     def weights(self, names: Names, tiled: Mapping[str, int] | None = None) -> _Joined:
         """The GRU weights of ``names``' columns side by side, a tiled table's once
-        per row: slices of the parameters where the names lie next to each other."""
+        per row: one gather per weight kind."""
         tiled = tiled or {}
-        spans: list[list[int]] = []  # [start, columns, times]
-        for name in _names(names):
-            start, cols = self.span[name]
-            times = tiled.get(name, 1)
-            if spans and times == spans[-1][2] == 1 and sum(spans[-1][:2]) == start:
-                spans[-1][1] += cols
-            else:
-                spans.append([start, cols, times])
-
-        def joined(weight: Tensor) -> Tensor:
-            parts = [
-                weight.narrow(0, start, cols).repeat(times, *[1] * (weight.dim() - 1))
-                if times > 1
-                else weight.narrow(0, start, cols)
-                for start, cols, times in spans
-            ]
-            return parts[0] if len(parts) == 1 else torch.cat(parts)
-
+        columns = [torch.arange(*self.span[name]).repeat(tiled.get(name, 1)) for name in _names(names)]
+        index = columns[0] if len(columns) == 1 else torch.cat(columns)
         return _Joined(
-            input=joined(self.input_w),
-            gate_bias=None if self.gate_b is None else joined(self.gate_b),
-            hidden_rz=joined(self.hidden_rz),
-            hidden_h=joined(self.hidden_h),
-            out_w=joined(self.out_w),
-            out_b=joined(self.out_b),
+            input=self.input_w.index_select(0, index),
+            gate_bias=None if self.gate_b is None else self.gate_b.index_select(0, index),
+            hidden_rz=self.hidden_rz.index_select(0, index),
+            hidden_h=self.hidden_h.index_select(0, index),
+            out_w=self.out_w.index_select(0, index),
+            out_b=self.out_b.index_select(0, index),
         )
 
     def _blocks(self, names: Names, rows: int, tiled: Mapping[str, int] | None = None) -> _Blocks:

@@ -148,7 +148,14 @@ def _history_catalogue(hist_items: Tensor, hist_cats: Tensor) -> _Catalogue:
     size = int(flat.max()) + 1 if len(flat) else 1
     # one slot standing for each item row (any: the others are checked against it)
     first = torch.full((size,), -1, dtype=torch.long).index_copy_(0, flat, torch.arange(len(flat)))
-    odd = (cats.index_select(0, first.index_select(0, flat)) != cats).any(1) & (flat > 0)
+    # categories compared in int64 pairs where they pair up, and the columns' flags or-ed:
+    # any() over rows this short is a slow reduction (96,780 slots: 1.9 → 1.5 ms a period)
+    words = cats.view(torch.int64) if cats.element_size() == 4 and cats.shape[1] % 2 == 0 else cats
+    differ = words.index_select(0, first.index_select(0, flat)) != words
+    mismatch = torch.zeros(len(flat), dtype=torch.bool)
+    for column in differ.unbind(1):
+        mismatch |= column
+    odd = mismatch & (flat > 0)  # row 0 is padding's
     items = (first[1:] >= 0).nonzero().squeeze(1) + 1
     position = torch.full((size,), len(items), dtype=torch.long)  # padding: the zero row after the items'
     position[items] = torch.arange(len(items))

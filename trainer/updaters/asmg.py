@@ -117,13 +117,15 @@ class _Row(NamedTuple):
 
 
 def _rows_changed(new: Tensor, old: Tensor) -> Tensor:
-    """Which rows of a table differ between two versions. Eight columns' flags
-    are read as one int64 where the row allows: any() over rows of eight is a
-    slow reduction (65,536 × 8: 0.63 → 0.40 ms)."""
-    differ = new != old
-    if differ.shape[1] % 8:
-        return differ.any(dim=1)
-    return differ.view(torch.int64).ne(0).any(dim=1)
+    """Which rows of a table differ, bit for bit, between two versions. Pairs of
+    columns are compared as one int64 and a row's flags read as one word where
+    the row allows: any() over short rows is a slow reduction (65,536 × 8:
+    0.45 → 0.25 ms)."""
+    if new.shape[1] % 2 or new.shape[1] > 16 or new.element_size() != 4:
+        return (new != old).any(dim=1)
+    differ = new.view(torch.int64) != old.view(torch.int64)  # [R, c/2] flags, one byte each
+    word = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}.get(differ.shape[1])
+    return differ.view(word).ne(0).squeeze(1) if word is not None else differ.any(dim=1)
 
 
 def _by_width(widths: dict[str, int]) -> list[list[str]]:
