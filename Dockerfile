@@ -9,6 +9,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     ASMG_STATE_DIR=/var/lib/asmg
 
 WORKDIR /opt/asmg
+# a C compiler: the trainer builds its GRU kernels (trainer/native) for the CPU it runs on, on first use
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 # the CPU build of torch first, from PyTorch's CPU index: the default wheel carries CUDA (several GB)
 RUN pip install --index-url https://download.pytorch.org/whl/cpu torch==2.13.0
 COPY pyproject.toml README.md ./

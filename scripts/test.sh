@@ -2,11 +2,16 @@
 # Set up a virtual environment (if missing) and run lint, types and tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# the tests start their own redis-server on a free loopback port; install Debian's if it is missing
-if ! command -v redis-server >/dev/null 2>&1; then
+# the tests start their own redis-server on a free loopback port, and build the GRU kernels
+# (trainer/native) with the machine's C compiler: install Debian's where they are missing
+missing=""
+command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
+command -v cc >/dev/null 2>&1 || missing="$missing gcc libc6-dev"
+if [ -n "$missing" ]; then
   sudo_cmd=""
   [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
-  $sudo_cmd apt-get update -qq && $sudo_cmd apt-get install -y -qq redis-server >/dev/null
+  # shellcheck disable=SC2086
+  $sudo_cmd apt-get update -qq && $sudo_cmd apt-get install -y -qq $missing >/dev/null
 fi
 python3 -m venv .venv
 # torch is pinned to the CPU build (the wheel a plain `torch` would replace with a CUDA one)

@@ -5,7 +5,18 @@ import math
 import pytest
 import torch
 
+from trainer import native
 from trainer.meta import CoordinateGRU, LinearCombiner
+
+
+@pytest.fixture(autouse=True, params=["native", "torch"])
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test of the GRU runs on both backends: the C kernels and torch."""
+    if request.param == "native":
+        assert native.library() is not None, "the C kernels did not build (is a C compiler installed?)"
+    else:
+        monkeypatch.setattr(native, "library", lambda: None)
+    return str(request.param)
 
 
 def paper_gru_step(w_r: torch.Tensor, w_z: torch.Tensor, w_h: torch.Tensor, h: torch.Tensor, x: float) -> torch.Tensor:

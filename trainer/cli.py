@@ -103,6 +103,11 @@ def add_replay_parser(sub: argparse._SubParsersAction) -> None:
     meta.add_argument("--readout", choices=("plain", "residual"), help="plain is the paper's form")
     meta.add_argument("--gate-bias", action=argparse.BooleanOptionalAction, help="biases in the GRU gates")
     meta.add_argument("--warmup", type=int, help="meta-training periods before generated models serve")
+    meta.add_argument(
+        "--native-kernels",
+        action=argparse.BooleanOptionalAction,
+        help="the GRU in C, built with the machine's C compiler (default); --no-native-kernels runs it in torch",
+    )
     others = p.add_argument_group("baselines")
     others.add_argument("--incctr-lambda", type=float, default=BaselineConfig.incctr_lambda, help="distillation weight")
     others.add_argument(
@@ -145,6 +150,7 @@ def meta_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "readout": args.readout,
         "gate_bias": args.gate_bias,
         "warmup": args.warmup,
+        "native_kernels": args.native_kernels,
     }
     return {k: v for k, v in pairs.items() if v is not None}
 

@@ -32,6 +32,7 @@ from typing import Any, Literal, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from trainer import native
 from trainer.model import EMBEDDING_TABLES
 
 Readout = Literal["plain", "residual"]
@@ -321,6 +322,71 @@ class _CoordinateWindow(torch.autograd.Function):
         )
 
 
+def _kernel_weights(w: _Joined, per_row: bool) -> tuple[Tensor, ...]:
+    """Weights as the C kernels take them (trainer/native/gru.c): per column as
+    joined, or per row with the row axis last; no gate bias is a zero one."""
+    bias = w.gate_bias if w.gate_bias is not None else torch.zeros_like(w.input)
+    if not per_row:
+        return (w.input, bias, w.hidden_rz, w.hidden_h, w.out_w, w.out_b)
+    return (
+        w.input.t().contiguous(),
+        bias.t().contiguous(),
+        w.hidden_rz.permute(1, 2, 0).contiguous(),
+        w.hidden_h.permute(1, 2, 0).contiguous(),
+        w.out_w.t().contiguous(),
+        w.out_b,
+    )
+
+
+def _kernel_layout(x: Tensor, h: Tensor, per_row: bool) -> tuple[Tensor, Tensor]:
+    """Inputs ``[T, R, c]`` and states ``[R, c, d]`` as the kernels take them, rows
+    last; a single row's coordinates (``per_row``) are the kernels' rows."""
+    if per_row:
+        return x.contiguous(), h[0].t().unsqueeze(0).contiguous()
+    return x.permute(0, 2, 1).contiguous(), h.permute(1, 2, 0).contiguous()
+
+
+class _NativeWindow(torch.autograd.Function):
+    """:class:`_GroupedWindow`'s or :class:`_CoordinateWindow`'s steps in C: ``h0
+    [C, d, R]``, ``xs [T, C, R]`` → read-outs ``[T, C, R]``, for the rows of C
+    columns that share a column's weights, or (``per_row``) for one column whose
+    R rows each have their own (the MLP's coordinates)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        h0: Tensor,
+        per_row: bool,
+        input: Tensor,
+        gate_bias: Tensor | None,
+        hidden_rz: Tensor,
+        hidden_h: Tensor,
+        out_w: Tensor,
+        out_b: Tensor,
+        xs: Tensor,
+    ) -> Tensor:
+        lib = native.library()
+        assert lib is not None
+        weights = _kernel_weights(_Joined(input, gate_bias, hidden_rz, hidden_h, out_w, out_b), per_row)
+        states, reads = native.window_forward(lib, per_row, xs, h0, weights)
+        ctx.per_row, ctx.has_bias = per_row, gate_bias is not None
+        ctx.save_for_backward(xs, states, *weights)
+        return reads
+
+    @staticmethod
+    def backward(ctx: Any, d_reads: Tensor) -> tuple[Tensor | None, ...]:
+        xs, states, *weights = ctx.saved_tensors
+        lib = native.library()
+        assert lib is not None
+        inputs_too = ctx.needs_input_grad[0] or ctx.needs_input_grad[8]
+        g, d_xs, d_h0 = native.window_backward(
+            lib, ctx.per_row, xs, states, tuple(weights), d_reads.contiguous(), inputs_too
+        )
+        if ctx.per_row:  # back to the weights' own layout, rows (coordinates) first
+            g = (g[0].t(), g[1].t(), g[2].permute(2, 0, 1), g[3].permute(2, 0, 1), g[4].t(), g[5])
+        return (d_h0, None, g[0], g[1] if ctx.has_bias else None, g[2], g[3], g[4], g[5], d_xs)
+
+
 def _unit(scale: float | Tensor) -> bool:
     return isinstance(scale, float) and scale == 1.0
 
@@ -401,9 +467,11 @@ class CoordinateGRU(nn.Module):
         hidden: int = 4,
         readout: Readout = "plain",
         gate_bias: bool = False,
+        native_kernels: bool = True,
     ) -> None:
         super().__init__()
         self.hidden = hidden
+        self.native_kernels = native_kernels
         self.readout = readout
         self.names = list(shapes)
         self.cols = _column_counts(shapes)
@@ -429,6 +497,11 @@ class CoordinateGRU(nn.Module):
             self.register_parameter(kind, value)
         self.register_load_state_dict_pre_hook(_join_saved_tensors)
 
+    @property
+    def kernels(self) -> bool:
+        """Whether the windows run in C (:mod:`trainer.native`): asked for, and built."""
+        return self.native_kernels and self.hidden <= native.MAX_HIDDEN and native.library() is not None
+
     def zero_state(self, x: Tensor) -> Tensor:
         """The initial state ``[R, c, d]`` for inputs ``x [R, c]``."""
         return x.new_zeros(*x.shape, self.hidden)
@@ -437,6 +510,8 @@ class CoordinateGRU(nn.Module):
     def step(self, names: Names, x: Tensor, h: Tensor) -> Tensor:
         """One GRU step for every coordinate: ``x [R, c]``, ``h [R, c, d]`` (no gradient: the state carry)."""
         if x.shape[0] == 1:  # as run steps a single row
+            if self.kernels:
+                return self._native_step(names, x, h, per_row=True)
             return _coordinate_steps(self.weights(names), h[0].t(), x)[0][1].t().unsqueeze(0)
         (name,) = _names(names)
         return self.step_tables([name], [x], [h])[0]
@@ -444,6 +519,8 @@ class CoordinateGRU(nn.Module):
     @torch.no_grad()
     def step_tables(self, names: Sequence[str], xs: Sequence[Tensor], hs: Sequence[Tensor]) -> list[Tensor]:
         """:meth:`step` for several tables of as many columns, as one (see :meth:`run_tables`)."""
+        if self.kernels:
+            return [self._native_step(name, x, h, per_row=False) for name, x, h in zip(names, xs, hs, strict=True)]
         chunks, w, groups, state = self._chunked(names, hs)
         x_in = _gates_in(w, chunks.lay([x.unsqueeze(0) for x in xs], groups))
         stepped = _block_step(w, x_in, state, torch.empty_like(state), torch.empty_like(state))
@@ -477,6 +554,11 @@ class CoordinateGRU(nn.Module):
         stacked = inputs if isinstance(inputs, Tensor) else torch.stack(list(inputs))
         if h0.shape[0] == 1:
             seen = stacked if _unit(scale) else stacked / scale
+            if self.kernels:
+                reads = _NativeWindow.apply(
+                    h0[0].t().unsqueeze(0).contiguous(), True, *self.weights(names, tiled), seen
+                )
+                return self._finish(reads, stacked, scale)
             reads = _CoordinateWindow.apply(h0[0], *self.weights(names, tiled), seen[:, 0])
             return self._finish(reads.unsqueeze(1), stacked, scale)
         if tiled:
@@ -497,11 +579,33 @@ class CoordinateGRU(nn.Module):
         table's chunks with its weights), so the tables share one set of
         operations where each would pay its own (~0.5 ms a table, forward and
         backward, on a few hundred rows)."""
-        chunks, w, groups, state = self._chunked(names, h0s)
         seen = [x if _unit(scale) else x / scale for x, scale in zip(inputs, scales, strict=True)]
+        if self.kernels:  # a call per table costs next to nothing here
+            per_step = [
+                self._native_steps(name, x, h, None, per_row=False) for name, x, h in zip(names, seen, h0s, strict=True)
+            ]
+            return [self._finish(y, x, scale) for y, x, scale in zip(per_step, inputs, scales, strict=True)]
+        chunks, w, groups, state = self._chunked(names, h0s)
         reads = _GroupedWindow.apply(state, *w, chunks.lay(seen, groups))
         per_step = chunks.unlay(reads, groups, inputs[0].shape[0])
         return [self._finish(y, x, scale) for y, x, scale in zip(per_step, inputs, scales, strict=True)]
+
+    def _native_steps(
+        self, names: Names, x: Tensor, h0: Tensor, tiled: Mapping[str, int] | None, per_row: bool
+    ) -> Tensor:
+        """Every step's read-out ``[T, R, c]`` of inputs ``x [T, R, c]`` from ``h0
+        [R, c, d]``, in C; ``per_row``: a single row, each coordinate with its own GRU."""
+        xk, hk = _kernel_layout(x, h0, per_row)
+        reads = _NativeWindow.apply(hk, per_row, *self.weights(names, tiled), xk)
+        return reads if per_row else reads.permute(0, 2, 1)
+
+    def _native_step(self, names: Names, x: Tensor, h: Tensor, per_row: bool) -> Tensor:
+        """One step of ``x [R, c]`` from ``h [R, c, d]``, in C, without gradient."""
+        lib = native.library()
+        assert lib is not None
+        xk, hk = _kernel_layout(x.unsqueeze(0), h, per_row)
+        states, _ = native.window_forward(lib, per_row, xk, hk, _kernel_weights(self.weights(names), per_row))
+        return states[1, 0].t().unsqueeze(0) if per_row else states[1].permute(2, 0, 1)
 
     def _chunked(self, names: Sequence[str], hs: Sequence[Tensor]) -> tuple[_Chunks, _Blocks, int, Tensor]:
         """Tables with states ``hs [R_i, c, d]`` laid out to run as one: their

@@ -78,6 +78,11 @@ class Settings(BaseSettings):
     meta_hidden: int = Field(4, ge=1, description="GRU hidden size d per coordinate.")
     meta_lr: float = Field(1e-3, gt=0, description="Adam learning rate of the meta generator.")
     warmup: int = Field(1, ge=0, description="Periods of meta training before generated models are served.")
+    native_kernels: bool = Field(
+        True,
+        description="Run the meta generator's GRU in C, built on first use with the machine's C compiler "
+        "(several times faster); false, or no compiler, runs it in torch.",
+    )
     incctr_lambda: float = Field(0.1, ge=0, le=1, description="IncCTR: weight of the distillation loss.")
     spmf_fraction: float = Field(
         0.1, gt=0, le=1, description="SPMF: reservoir size as a fraction of the first period's rows."

@@ -136,7 +136,13 @@ class PeriodTrainer:
         else:
             learner.model.load_params(initial_params(self.settings))
         s = self.settings
-        overrides = {"window": s.window, "hidden": s.meta_hidden, "lr": s.meta_lr, "warmup": s.warmup}
+        overrides = {
+            "window": s.window,
+            "hidden": s.meta_hidden,
+            "lr": s.meta_lr,
+            "warmup": s.warmup,
+            "native_kernels": s.native_kernels,
+        }
         return make_updater(self.settings.method, learner, self.settings.seed, overrides, self.settings.baselines())
 
     def _load(self) -> None:
