@@ -11,6 +11,7 @@ from trainer.features import (
     EncodedLog,
     Examples,
     ItemRef,
+    concat_examples,
     examples_from_refs,
     hash_id,
     hash_ids,
@@ -157,7 +158,7 @@ def test_small_tables_average_as_the_full_tables_do(small_config: ModelConfig) -
     config = replace(small_config, category_buckets=4 * DENSE_MEAN_MAX_ROWS)
     full = {k: v.requires_grad_() for k, v in EmbMLP(config).params().items()}
     batch = random_examples(40, config, width=3, categories=DENSE_MEAN_MAX_ROWS, seed=5)
-    rows, compact = compact_batches([batch])
+    rows, (compact,) = compact_batches([batch])
     assert len(rows["cat_emb"]) <= DENSE_MEAN_MAX_ROWS < config.category_buckets
     small = {k: (v[rows[k]] if k in rows else v).detach().requires_grad_() for k, v in full.items()}
     full_scores, small_scores = logits(full, batch, 3), logits(small, compact, 3)
@@ -245,9 +246,8 @@ def test_parts_score_under_their_own_stacked_parameters(
     if mixes is not None:
         batches = [replace(b, item_cats=b.item_cats[:, :0], hist_cats=b.hist_cats[..., :0]) for b in batches]
     looked_up = [t for t in ("user_emb", "item_emb", "cat_emb") if t in base and not (with_mix and t == "cat_emb")]
-    rows, joined = compact_batches(batches, looked_up)
-    alone = joined.split([len(b) for b in batches])
-    _, stacked = compact_batches(batches, looked_up, steps)
+    rows, alone = compact_batches(batches, looked_up)
+    _, stacked_batches = compact_batches(batches, looked_up, steps)
     leaves = [{k: v.clone().requires_grad_() for k, v in p.items()} for p in params]
     tables = {t: torch.cat([p[t][rows[t]] for p in leaves]) for t in looked_up}
     if mixes is not None:
@@ -256,7 +256,7 @@ def test_parts_score_under_their_own_stacked_parameters(
     together = parts_logits(
         tables,
         heads,
-        stacked,
+        concat_examples(stacked_batches),
         [len(b) for b in batches],
         n_layers,
         mixes,  # type: ignore[arg-type]

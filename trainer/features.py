@@ -68,11 +68,6 @@ class Examples:
         # index_select, not [index]: ~4x faster on the [n, L, C] history categories
         return Examples(**{f.name: getattr(self, f.name).index_select(0, index) for f in fields(self)})
 
-    def split(self, sizes: list[int]) -> list[Examples]:
-        """Consecutive parts of ``sizes`` rows, as views."""
-        parts = {f.name: getattr(self, f.name).split(sizes) for f in fields(self)}
-        return [Examples(**{name: chunks[i] for name, chunks in parts.items()}) for i in range(len(sizes))]
-
     def to_dict(self) -> dict[str, Tensor]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 

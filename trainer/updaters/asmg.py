@@ -146,37 +146,32 @@ def _and_cold(rows: Tensor, cold: Tensor | None = None) -> Tensor:
 
 def compact_batches(
     batches: list[Examples], tables: Iterable[str] = EMBEDDING_TABLES, steps: list[int] | None = None
-) -> tuple[dict[str, Tensor], Examples]:
+) -> tuple[dict[str, Tensor], list[Examples]]:
     """Rows each embedding table of ``tables`` needs for ``batches`` (ascending), and
-    the batches, end to end, with their indices rewritten to point into those
-    compact row sets; with ``steps``, batch i's into copy ``steps[i]`` of them,
-    the copies laid end to end (the generator's outputs of every window step,
-    stacked). One pass over the batches joined, not one per batch."""
-    joined = batches[0] if len(batches) == 1 else concat_examples(batches)
-    state = joined.to_dict()
-    # each example's copy; padding (-1) keeps pointing at position 0 of it, which holds -1
-    copy = None if steps is None else torch.tensor(steps).repeat_interleave(torch.tensor([len(b) for b in batches]))
-    copies = 1 if steps is None else max(steps) + 1
+    the batches with their indices rewritten to point into those compact row sets;
+    with ``steps``, batch i's into copy ``steps[i]`` of them, the copies laid end
+    to end (the generator's outputs of every window step, stacked)."""
+    states = [b.to_dict() for b in batches]
     rows: dict[str, Tensor] = {}
     for table in tables:
         fields = EMBEDDING_TABLES[table]
-        size = max(int(state[f].max()) + 1 if state[f].numel() else 0 for f in fields)
+        parts = [s[f].reshape(-1) for s in states for f in fields]
+        size = max(int(p.max()) + 1 if p.numel() else 0 for p in parts)
         # a mark per table row instead of torch.unique: no sort, same ascending rows
         used = torch.zeros(size + 1, dtype=torch.bool)  # the last row takes the -1 padding
-        for f in fields:
-            used.index_fill_(0, state[f].reshape(-1).long(), True)
+        for p in parts:
+            used.index_fill_(0, p.long(), True)
         used[-1] = False
         rows[table] = used.nonzero().squeeze(1)
-        n = len(rows[table])
-        # position[c, r + 1] is row r's index in copy c; position[c, 0] = -1 keeps padding.
+        # position[r + 1] is row r's compact index; position[0] = -1 keeps padding.
         # int64 positions: index_add_, the backward of the history lookup, is ~4x slower on int32
-        position = torch.full((copies, size + 1), -1, dtype=torch.long)
-        position[:, rows[table] + 1] = torch.arange(n) + n * torch.arange(copies).unsqueeze(1)
-        start = 1 if copy is None else copy * (size + 1) + 1  # each example's copy's first place, past padding
-        for f in fields:
-            at = state[f] + (start if isinstance(start, int) else start.view(-1, *[1] * (state[f].dim() - 1)))
-            state[f] = position.view(-1).index_select(0, at.reshape(-1)).view(at.shape)
-    return rows, Examples.from_dict(state)
+        position = torch.full((size + 1,), -1, dtype=torch.long)
+        n = len(rows[table])
+        for s, step in zip(states, steps or [0] * len(states), strict=True):
+            position[rows[table] + 1] = torch.arange(step * n, (step + 1) * n)
+            for f in fields:
+                s[f] = position.index_select(0, (s[f] + 1).reshape(-1)).view(s[f].shape)
+    return rows, [Examples.from_dict(s) for s in states]
 
 
 class Asmg(Updater):
@@ -304,8 +299,7 @@ class Asmg(Updater):
             places = list(inverse.split([len(m.rows) for m in mixes if m is not None]))
             targets = [replace(t, item_cats=t.item_cats[:, :0], hist_cats=t.hist_cats[..., :0]) for t in targets]
         # the rows the periods name, prepared for the GRU once; batches then index those
-        period_rows, joined = compact_batches(targets, looked_up)
-        targets = joined.split([len(t) for t in targets])
+        period_rows, targets = compact_batches(targets, looked_up)
         if cat_rows is not None:
             period_rows["cat_emb"] = cat_rows
         tables = self._window_tables(window, h0, period_rows)
@@ -322,7 +316,7 @@ class Asmg(Updater):
             for b in range(n_batches):
                 chosen = [j for j, s in enumerate(splits) if s is not None and len(s[b])]
                 batches = [targets[j].select(splits[j][b]) for j in chosen]  # type: ignore[index]
-                rows, ex = compact_batches(batches, looked_up, chosen)
+                rows, compact = compact_batches(batches, looked_up, chosen)
                 batch_tables = {name: t.select(rows[name]) if name in rows else t for name, t in tables.items()}
                 generated = self._generate_rows(row, batch_tables, scales)
                 # every chosen step's batch scored in one pass over the steps' tables, stacked
@@ -337,7 +331,8 @@ class Asmg(Updater):
                     name: generated[name] if steps is None else generated[name].index_select(0, steps)
                     for name in self.mlp
                 }
-                sizes = [len(b) for b in batches]
+                sizes = [len(ex) for ex in compact]
+                ex = concat_examples(compact)
                 scores = parts_logits(tables_flat, heads, ex, sizes, self.learner.model.n_layers, parts_mixes)
                 # Σ_j λ_j · mean BCE of step j's batch
                 per_row = torch.cat([torch.full((n,), weights[j] / n) for j, n in zip(chosen, sizes, strict=True)])

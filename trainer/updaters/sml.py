@@ -125,7 +125,7 @@ class Sml(Updater):
         self.transfer.train()
         for _ in range(self.config.epochs):
             for idx in torch.randperm(len(period), generator=self.rng).tensor_split(n_batches):
-                rows, batch = compact_batches([period.select(idx)])
+                rows, (batch,) = compact_batches([period.select(idx)])
                 params = self.combine(previous, new, rows)
                 loss = F.binary_cross_entropy_with_logits(
                     logits(params, batch, self.learner.model.n_layers), batch.label
