@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, NamedTuple
 
 import torch
@@ -555,10 +555,7 @@ class CoordinateGRU(nn.Module):
         if h0.shape[0] == 1:
             seen = stacked if _unit(scale) else stacked / scale
             if self.kernels:
-                reads = _NativeWindow.apply(
-                    h0[0].t().unsqueeze(0).contiguous(), True, *self.weights(names, tiled), seen
-                )
-                return self._finish(reads, stacked, scale)
+                return self._finish(self._native_steps(names, seen, h0, tiled, per_row=True), stacked, scale)
             reads = _CoordinateWindow.apply(h0[0], *self.weights(names, tiled), seen[:, 0])
             return self._finish(reads.unsqueeze(1), stacked, scale)
         if tiled:
@@ -618,17 +615,23 @@ class CoordinateGRU(nn.Module):
 
     def weights(self, names: Names, tiled: Mapping[str, int] | None = None) -> _Joined:
         """The GRU weights of ``names``' columns side by side, a tiled table's once
-        per row: one gather per weight kind."""
+        per row: one gather per weight kind (a slice for a single tensor)."""
         tiled = tiled or {}
-        columns = [torch.arange(*self.span[name]).repeat(tiled.get(name, 1)) for name in _names(names)]
-        index = columns[0] if len(columns) == 1 else torch.cat(columns)
+        pick: Callable[[Tensor], Tensor]
+        if isinstance(names, str) and tiled.get(names, 1) == 1:  # one tensor's columns: a slice, no copy
+            start, end = self.span[names]
+            pick = lambda weight: weight[start:end]  # noqa: E731
+        else:
+            columns = [torch.arange(*self.span[name]).repeat(tiled.get(name, 1)) for name in _names(names)]
+            index = columns[0] if len(columns) == 1 else torch.cat(columns)
+            pick = lambda weight: weight.index_select(0, index)  # noqa: E731
         return _Joined(
-            input=self.input_w.index_select(0, index),
-            gate_bias=None if self.gate_b is None else self.gate_b.index_select(0, index),
-            hidden_rz=self.hidden_rz.index_select(0, index),
-            hidden_h=self.hidden_h.index_select(0, index),
-            out_w=self.out_w.index_select(0, index),
-            out_b=self.out_b.index_select(0, index),
+            input=pick(self.input_w),
+            gate_bias=None if self.gate_b is None else pick(self.gate_b),
+            hidden_rz=pick(self.hidden_rz),
+            hidden_h=pick(self.hidden_h),
+            out_w=pick(self.out_w),
+            out_b=pick(self.out_b),
         )
 
     def _blocks(self, names: Names, rows: int, tiled: Mapping[str, int] | None = None) -> _Blocks:
