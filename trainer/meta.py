@@ -10,6 +10,11 @@ Shapes: a parameter tensor is viewed as ``[rows, cols]`` (an embedding table
 as itself, an MLP tensor as one row). A GRU group per column owns weights of
 shape ``[cols, ...]``; rows share them.
 
+Where the C kernels built (:mod:`trainer.native`), a window runs there, one
+call a table and one for the MLP's row (:class:`_NativeWindow`): a block of
+rows goes through every step with its gates in cache. Otherwise it runs in
+torch as follows, with the same values and gradients.
+
 The columns are worked in groups of a few (:func:`group_columns`): a group's
 GRUs form one small GRU whose weights are block-diagonal, so a step over all
 rows is a handful of batched matrix products and elementwise ops, with the
@@ -575,9 +580,10 @@ class CoordinateGRU(nn.Module):
         one common size, and every chunk's column groups lie side by side (a
         table's chunks with its weights), so the tables share one set of
         operations where each would pay its own (~0.5 ms a table, forward and
-        backward, on a few hundred rows)."""
+        backward, on a few hundred rows). In C each table is a call of its own,
+        which costs next to nothing there."""
         seen = [x if _unit(scale) else x / scale for x, scale in zip(inputs, scales, strict=True)]
-        if self.kernels:  # a call per table costs next to nothing here
+        if self.kernels:
             per_step = [
                 self._native_steps(name, x, h, None, per_row=False) for name, x, h in zip(names, seen, h0s, strict=True)
             ]
