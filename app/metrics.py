@@ -1,18 +1,25 @@
-"""Prometheus metrics of one API process, in a registry of its own.
+"""Prometheus metrics of the API, in a registry of its own.
 
 Request counters and latency come from an ASGI middleware; model and swap
 metrics from the serving code; trainer and period metrics are read from the
 store at scrape time, so they are right whichever process trained.
+
+With several API processes (``asmg serve --workers N``) a scrape reaches one
+of them, so each writes its figures to files in ``PROMETHEUS_MULTIPROC_DIR``
+(prometheus_client's multiprocess mode, set up by :mod:`app.workers`) and
+every scrape reports the sum over the processes; the served version is then
+one series per process (label ``pid``).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -39,8 +46,16 @@ class ServiceMetrics:
         )
         self.items_scored = Counter("asmg_items_scored", "Candidate items scored.", registry=r)
         self.interactions = Counter("asmg_interactions_ingested", "Interactions durably logged.", registry=r)
-        self.model_version = Gauge("asmg_model_version", "Model version this process serves.", registry=r)
-        self.model_period = Gauge("asmg_model_period", "Period the served version was published for.", registry=r)
+        # one series per live process when shared (a process left on an old version shows)
+        self.model_version = Gauge(
+            "asmg_model_version", "Model version this process serves.", registry=r, multiprocess_mode="liveall"
+        )
+        self.model_period = Gauge(
+            "asmg_model_period",
+            "Period the served version was published for.",
+            registry=r,
+            multiprocess_mode="liveall",
+        )
         self.swaps = Counter("asmg_model_swaps", "Model versions swapped in.", registry=r)
         self.load_failures = Counter(
             "asmg_model_load_failures", "Versions refused: missing, corrupt or misfit.", registry=r
@@ -56,6 +71,21 @@ class ServiceMetrics:
         if self._store_collector is not None:
             self.registry.unregister(self._store_collector)
             self._store_collector = None
+
+    def exposition(self) -> bytes:
+        """The scrape's text: this process's figures, or every API process's summed."""
+        if not shared_across_processes():
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        if self._store_collector is not None:
+            registry.register(self._store_collector)
+        return generate_latest(registry)
+
+
+def shared_across_processes() -> bool:
+    """Whether the figures live in files the API processes share (see the module docstring)."""
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
 
 class StoreCollector(Collector):

@@ -6,15 +6,22 @@ spreads new connections over them; with one shared socket, as
 keep-alive client and the others idle. Only the first process runs the
 in-process trainer and the rollover schedule. If any process exits, the
 others are stopped and ``asmg serve`` exits with its status, for the
-supervisor (systemd, Kubernetes) to restart the whole.
+supervisor (systemd, Kubernetes) to restart the whole. The processes keep
+their metrics in files of one directory, so that a scrape reaching any of
+them reports them all (:mod:`app.metrics`): ``PROMETHEUS_MULTIPROC_DIR`` if
+set (its owner empties it between runs), else a fresh temporary directory,
+removed when they stop.
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
+import shutil
 import signal
 import socket
+import tempfile
 import threading
 from types import FrameType
 
@@ -55,8 +62,11 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve_one(settings: Settings, index: int = 0) -> None:
-    """One API process, serving until SIGTERM or SIGINT."""
+def serve_one(settings: Settings, index: int = 0, metrics_dir: str | None = None) -> None:
+    """One API process, serving until SIGTERM or SIGINT; ``metrics_dir``: the
+    directory its metrics share with the other processes'."""
+    if metrics_dir is not None:  # before prometheus_client is imported: it reads this once
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     import uvicorn
 
     from app.main import create_app
@@ -77,8 +87,11 @@ def serve(settings: Settings) -> int:
         serve_one(settings)
         return 0
     context = multiprocessing.get_context("spawn")  # a clean torch and event loop per process
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    metrics_dir = given or tempfile.mkdtemp(prefix="asmg-metrics-")
     processes = [
-        context.Process(target=serve_one, args=(settings, i), name=f"asmg-serve-{i}") for i in range(settings.workers)
+        context.Process(target=serve_one, args=(settings, i, metrics_dir), name=f"asmg-serve-{i}")
+        for i in range(settings.workers)
     ]
     stopping = threading.Event()
 
@@ -107,3 +120,5 @@ def serve(settings: Settings) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if not given:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
