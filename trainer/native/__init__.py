@@ -17,9 +17,11 @@ import functools
 import hashlib
 import logging
 import os
+import shlex
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -47,7 +49,8 @@ def _build(compiler: str, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
         built = Path(scratch) / target.name
-        subprocess.run([compiler, *FLAGS, "-o", str(built), str(SOURCE)], check=True, capture_output=True, text=True)
+        command = [*shlex.split(compiler), *FLAGS, "-o", str(built), str(SOURCE)]  # $CC may carry flags
+        subprocess.run(command, check=True, capture_output=True, text=True)
         os.replace(built, target)  # whole or not at all, with other processes building the same
 
 
@@ -63,7 +66,9 @@ def library() -> ctypes.CDLL | None:
     target = cache / f"gru-{key.hexdigest()[:16]}.so"
     try:
         if not target.exists():
+            started = time.perf_counter()
             _build(compiler, target)
+            log.info("built the GRU kernels with %s in %.1f s: %s", compiler, time.perf_counter() - started, target)
         lib = ctypes.CDLL(str(target))
     except (OSError, subprocess.CalledProcessError) as error:
         detail = getattr(error, "stderr", "") or str(error)
