@@ -18,6 +18,7 @@ import redis
 from trainer.settings import Settings
 from trainer.store import (
     Click,
+    DroppedPeriod,
     EmptyPeriod,
     Interaction,
     LocalStore,
@@ -164,6 +165,33 @@ def test_recent_clicks_keep_the_newest_positives_per_user_oldest_first(store: St
     assert store.recent_clicks("a", 0) == []
     assert store.recent_clicks("b", 3) == [Click("b1", ("c1",))]
     assert store.recent_clicks("nobody", 3) == []
+
+
+def test_dropping_trained_logs_keeps_the_rest_and_the_recent_clicks(store: Store) -> None:
+    store.append([event("c", "c1", 1)], 5)  # c's only click, in a period to be dropped
+    for period in (1, 2, 3):
+        store.append([event("a", f"a{period}", 1), event("a", f"skip{period}", 0), event("b", f"b{period}", 0)], 5)
+        store.rollover()
+    store.append([event("a", "a4", 1)], 5)  # the open period
+    with pytest.raises(StoreError, match="trained through 0"):
+        store.drop_logs(1, 2)  # nothing trained yet: nothing dropped
+    assert store.period_size(1) == 4
+    commit(store, 1)
+    commit(store, 2)
+    with pytest.raises(StoreError, match="trained through 2"):
+        store.drop_logs(3, 2)
+    assert store.drop_logs(2, history_length=2) == 2
+    assert store.drop_logs(2, history_length=2) == 0  # already gone
+    for period in (1, 2):
+        with pytest.raises(DroppedPeriod):
+            store.read_period(period)
+        with pytest.raises(DroppedPeriod):
+            store.period_size(period)
+    assert [e.item_id for e in store.read_period(3)] == ["a3", "skip3", "b3"]
+    assert store.period_size(4) == 1
+    # a user's newest clicks outlive their periods' logs
+    assert store.recent_clicks("a", 2) == [Click("a3", ("c1",)), Click("a4", ("c1",))]
+    assert store.recent_clicks("c", 2) == [Click("c1", ("c1",))]
 
 
 # -- the model registry -------------------------------------------------------------

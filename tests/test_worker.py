@@ -10,7 +10,7 @@ import pytest
 
 from tests.service import small_settings, traffic
 from trainer.settings import Settings
-from trainer.store import LocalStore, Store
+from trainer.store import DroppedPeriod, LocalStore, Store
 from trainer.store.base import Interaction
 from trainer.worker import PeriodTrainer, ensure_initial_model, lower_priority
 
@@ -63,6 +63,27 @@ def test_a_diverging_generator_is_held_back_by_the_gate(tmp_path: Path) -> None:
     assert all(v["method"] == "iu" and "quality gate: on this period" in str(v["note"]) for v in lost)
     ungated = train(tmp_path / "ungated", 8, meta_lr=5.0, quality_gate=False)
     assert [v["method"] for v in ungated[4:]] == ["asmg-gru-multi"] * 5
+
+
+def test_logs_of_old_trained_periods_are_deleted_as_configured(tmp_path: Path) -> None:
+    settings = small_settings(tmp_path / "state", keep_log_periods=2)
+    store = LocalStore(settings.state_dir)
+    try:
+        ensure_initial_model(store, settings)
+        feed(store, settings, 5)
+        trainer = PeriodTrainer(store, settings)
+        trainer.train_pending()
+        assert store.trained_through() == 5
+        for period in (1, 2, 3):
+            with pytest.raises(DroppedPeriod):
+                store.read_period(period)
+        assert all(store.read_period(period) for period in (4, 5))
+        # a restarted trainer goes on from its stored state, the dropped logs not needed
+        store.release_lease(trainer.owner)
+        feed(store, settings, 1)
+        assert [r.period for r in PeriodTrainer(store, settings).train_pending()] == [6]
+    finally:
+        store.close()
 
 
 @pytest.mark.parametrize("nice", [0, 7])

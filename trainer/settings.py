@@ -100,6 +100,12 @@ class Settings(BaseSettings):
     trainer_poll_seconds: float = Field(1.0, gt=0, description="How often the trainer looks for closed periods.")
     lease_seconds: float = Field(30.0, gt=0, description="Trainer lease; another trainer takes over after it lapses.")
     keep_versions: int = Field(10, ge=2, description="Model versions kept in the registry.")
+    keep_log_periods: int = Field(
+        0,
+        ge=0,
+        description="Trained periods whose interaction logs are kept; older ones are deleted as each period "
+        "is trained (users' recent clicks stay). 0 keeps every log.",
+    )
     quality_gate: bool = Field(True, description="Publish IU instead of a generated model that scores worse.")
     trainer_nice: int = Field(
         10, ge=0, le=19, description="CPU priority (nice level) `asmg trainer` runs at, below serving; 0: unchanged."

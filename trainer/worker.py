@@ -255,6 +255,7 @@ class PeriodTrainer:
         info = self.store.commit_period(version, self._state_bytes(), self.settings.keep_versions)
         self.through = period
         phase("publish")
+        self._drop_old_logs(period)
 
         report = PeriodReport(period, info.version, len(events), published, info.metrics, seconds, note)
         self._status(state="idle", period=None, last_period=report_dict(report))
@@ -269,6 +270,17 @@ class PeriodTrainer:
             f": {note}" if note else "",
         )
         return report
+
+    def _drop_old_logs(self, trained: int) -> None:
+        """Delete the logs of trained periods beyond ``ASMG_KEEP_LOG_PERIODS``: the
+        trainer's state holds what it needs of them, and a store in memory
+        (Redis) would otherwise grow with every event ever logged."""
+        keep = self.settings.keep_log_periods
+        if keep and trained > keep:
+            try:
+                self.store.drop_logs(trained - keep, self.config.history_length)
+            except StoreError as exc:  # the period is committed; the next one retries
+                log.warning("period %d: could not delete old logs: %s", trained, exc)
 
     def _generator_won(self, examples: Examples, metrics: dict[str, float], n_layers: int) -> bool | None:
         """Did the generated model beat IU on the newest period? None without evidence.

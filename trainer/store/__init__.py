@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from trainer.store.base import (
     Click,
+    DroppedPeriod,
     EmptyPeriod,
     Interaction,
     NewVersion,
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Click",
+    "DroppedPeriod",
     "EmptyPeriod",
     "Interaction",
     "LocalStore",

@@ -32,6 +32,10 @@ class UnknownVersion(StoreError):
     pass
 
 
+class DroppedPeriod(StoreError):
+    """The period's log was deleted under the retention setting (:meth:`Store.drop_logs`)."""
+
+
 @dataclass(frozen=True)
 class Interaction:
     """One logged impression. Ids are strings (the API turns ints into strings)."""
@@ -133,11 +137,18 @@ class Store(ABC):
 
     @abstractmethod
     def period_size(self, period: int) -> int:
-        """Events logged in ``period`` (0 for a period never opened)."""
+        """Events logged in ``period`` (0 for a period never opened); :class:`DroppedPeriod` if dropped."""
 
     @abstractmethod
     def read_period(self, period: int) -> list[Interaction]:
-        """Every event of ``period`` in log order."""
+        """Every event of ``period`` in log order; :class:`DroppedPeriod` if dropped."""
+
+    @abstractmethod
+    def drop_logs(self, through: int, history_length: int) -> int:
+        """Delete the logs of every period up to ``through``, all of which must be
+        trained (:class:`StoreError` otherwise, and nothing changes). Each user's
+        newest ``history_length`` positives stay for :meth:`recent_clicks`.
+        Returns how many periods' logs this call deleted."""
 
     @abstractmethod
     def recent_clicks(self, user_id: str, limit: int) -> list[Click]:

@@ -25,6 +25,7 @@ from typing import Any
 
 from trainer.store.base import (
     Click,
+    DroppedPeriod,
     EmptyPeriod,
     Interaction,
     NewVersion,
@@ -65,6 +66,7 @@ _STATE = "trainer.state"
 _STATUS = "trainer.status"
 _LEASE_OWNER = "lease.owner"
 _LEASE_EXPIRES = "lease.expires"
+_DROPPED = "logs.dropped"
 
 
 class LocalStore(Store):
@@ -178,9 +180,37 @@ class LocalStore(Store):
         return period
 
     def period_size(self, period: int) -> int:
+        self._check_kept(period)
         return int(self._conn().execute("SELECT COUNT(*) FROM events WHERE period = ?", (period,)).fetchone()[0])
 
+    def _check_kept(self, period: int) -> None:
+        dropped = int(self._get(self._conn(), _DROPPED, 0))
+        if period <= dropped:
+            raise DroppedPeriod(f"period {period}'s log was deleted (kept from period {dropped + 1} on)")
+
+    def drop_logs(self, through: int, history_length: int) -> int:
+        with self._write() as conn:
+            trained = int(self._get(conn, _THROUGH, 0))
+            if through > trained:
+                raise StoreError(f"refusing to drop the logs through period {through}: trained through {trained}")
+            dropped = int(self._get(conn, _DROPPED, 0))
+            if through <= dropped:
+                return 0
+            periods = conn.execute(
+                "SELECT COUNT(DISTINCT period) FROM events WHERE period > ? AND period <= ?", (dropped, through)
+            ).fetchone()[0]
+            # the recent-click lists are a query over the log: each user's newest positives stay
+            conn.execute(
+                "DELETE FROM events WHERE period > ? AND period <= ? AND seq NOT IN ("
+                " SELECT seq FROM (SELECT seq, ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY seq DESC) AS newest"
+                " FROM events WHERE label = 1) WHERE newest <= ?)",
+                (dropped, through, history_length),
+            )
+            self._set(conn, _DROPPED, through)
+        return int(periods)
+
     def read_period(self, period: int) -> list[Interaction]:
+        self._check_kept(period)
         rows = self._conn().execute(
             "SELECT user_id, item_id, cats, label, ts FROM events WHERE period = ? ORDER BY seq", (period,)
         )

@@ -6,6 +6,7 @@ Every key lives under ``{prefix}:``:
 ``{prefix}:period``             the open period (absent means 1)
 ``{prefix}:log:{period}``       a stream per period; fields ``user``, ``item``, ``cats`` (JSON list),
                                 ``label`` (0/1) and ``ts`` (float text)
+``{prefix}:logs:dropped``       the last period whose log was deleted (absent means 0)
 ``{prefix}:clicks:{user_id}``   a list of JSON ``[item_id, [cats...]]``, newest last, trimmed to the
                                 history length
 ``{prefix}:version:last``       the last version number handed out (absent: the registry never held one)
@@ -42,6 +43,7 @@ from redis.exceptions import RedisError
 
 from trainer.store.base import (
     Click,
+    DroppedPeriod,
     EmptyPeriod,
     Interaction,
     NewVersion,
@@ -80,6 +82,25 @@ if redis.call('XLEN', ARGV[1] .. ':log:' .. period) == 0 then
 end
 redis.call('SET', KEYS[1], period + 1)
 return period
+"""
+
+# KEYS: trainer:through, logs:dropped. ARGV: prefix, through.
+# Returns {1, periods deleted} or {0, trained_through} when ``through`` is not trained yet.
+_DROP_LOGS = """
+local trained = tonumber(redis.call('GET', KEYS[1]) or '0')
+local target = tonumber(ARGV[2])
+if target > trained then
+  return {0, trained}
+end
+local dropped = tonumber(redis.call('GET', KEYS[2]) or '0')
+local deleted = 0
+for period = dropped + 1, target do
+  deleted = deleted + redis.call('DEL', ARGV[1] .. ':log:' .. period)
+end
+if target > dropped then
+  redis.call('SET', KEYS[2], target)
+end
+return {1, deleted}
 """
 
 # The meta JSON arrives without its leading '{"version": N' since only the script knows N.
@@ -183,6 +204,7 @@ class RedisStore(Store):
         self._channel = self._key("swaps")
         self._append = self._redis.register_script(_APPEND)
         self._rollover = self._redis.register_script(_ROLLOVER)
+        self._drop_logs = self._redis.register_script(_DROP_LOGS)
         self._publish_initial = self._redis.register_script(_PUBLISH_INITIAL)
         self._commit = self._redis.register_script(_COMMIT)
         self._activate = self._redis.register_script(_ACTIVATE)
@@ -219,10 +241,26 @@ class RedisStore(Store):
         return period
 
     def period_size(self, period: int) -> int:
+        self._check_kept(period)
         size: Any = self._redis.xlen(self._key("log", period))
         return int(size)
 
+    def _check_kept(self, period: int) -> None:
+        dropped: Any = self._redis.get(self._key("logs", "dropped"))
+        if dropped is not None and period <= int(dropped):
+            raise DroppedPeriod(f"period {period}'s log was deleted (kept from period {int(dropped) + 1} on)")
+
+    def drop_logs(self, through: int, history_length: int) -> int:
+        # the recent-click lists are kept apart from the logs, trimmed as they grow
+        ok, value = self._drop_logs(
+            keys=[self._key("trainer", "through"), self._key("logs", "dropped")], args=[self.prefix, through]
+        )
+        if not int(ok):
+            raise StoreError(f"refusing to drop the logs through period {through}: trained through {int(value)}")
+        return int(value)
+
     def read_period(self, period: int) -> list[Interaction]:
+        self._check_kept(period)
         key = self._key("log", period)
         events: list[Interaction] = []
         start: bytes | str = "-"
