@@ -279,7 +279,7 @@ class PeriodTrainer:
         if keep and trained > keep:
             try:
                 self.store.drop_logs(trained - keep, self.config.history_length)
-            except StoreError as exc:  # the period is committed; the next one retries
+            except Exception as exc:  # housekeeping after the commit, never a failed period; the next one retries
                 log.warning("period %d: could not delete old logs: %s", trained, exc)
 
     def _generator_won(self, examples: Examples, metrics: dict[str, float], n_layers: int) -> bool | None:
