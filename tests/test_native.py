@@ -47,10 +47,12 @@ def test_without_a_working_compiler_the_generator_runs_in_torch(
     assert out.shape == (3, 5, 4) and torch.isfinite(out).all()
 
 
-def test_kernels_are_used_only_when_asked_for_and_within_their_hidden_size() -> None:
+def test_kernels_are_used_only_when_asked_for_and_within_their_hidden_size(caplog: pytest.LogCaptureFixture) -> None:
     assert CoordinateGRU({"item_emb": (5, 4)}, hidden=4).kernels
     assert not CoordinateGRU({"item_emb": (5, 4)}, hidden=4, native_kernels=False).kernels
-    assert not CoordinateGRU({"item_emb": (5, 4)}, hidden=native.MAX_HIDDEN + 1).kernels
+    with caplog.at_level(logging.WARNING, logger="trainer.meta"):
+        assert not CoordinateGRU({"item_emb": (5, 4)}, hidden=native.MAX_HIDDEN + 1).kernels
+    assert f"up to {native.MAX_HIDDEN}" in caplog.text
 
 
 def test_the_kernels_refuse_tensors_they_cannot_read() -> None:

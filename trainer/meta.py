@@ -30,6 +30,7 @@ their rows cut into chunks of one size, every chunk's groups side by side
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, NamedTuple
@@ -39,6 +40,8 @@ from torch import Tensor, nn
 
 from trainer import native
 from trainer.model import EMBEDDING_TABLES
+
+log = logging.getLogger(__name__)
 
 Readout = Literal["plain", "residual"]
 Names = str | Sequence[str]  # one parameter tensor, or several run side by side
@@ -477,6 +480,8 @@ class CoordinateGRU(nn.Module):
         super().__init__()
         self.hidden = hidden
         self.native_kernels = native_kernels
+        if native_kernels and hidden > native.MAX_HIDDEN:
+            log.warning("the GRU kernels take hidden sizes up to %d, not %d: runs in torch", native.MAX_HIDDEN, hidden)
         self.readout = readout
         self.names = list(shapes)
         self.cols = _column_counts(shapes)
