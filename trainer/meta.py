@@ -373,10 +373,8 @@ class _NativeWindow(torch.autograd.Function):
         out_b: Tensor,
         xs: Tensor,
     ) -> Tensor:
-        lib = native.library()
-        assert lib is not None
         weights = _kernel_weights(_Joined(input, gate_bias, hidden_rz, hidden_h, out_w, out_b), per_row)
-        states, reads = native.window_forward(lib, per_row, xs, h0, weights)
+        states, reads = native.window_forward(per_row, xs, h0, weights)
         ctx.per_row, ctx.has_bias = per_row, gate_bias is not None
         ctx.save_for_backward(xs, states, *weights)
         return reads
@@ -384,11 +382,9 @@ class _NativeWindow(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, d_reads: Tensor) -> tuple[Tensor | None, ...]:
         xs, states, *weights = ctx.saved_tensors
-        lib = native.library()
-        assert lib is not None
         inputs_too = ctx.needs_input_grad[0] or ctx.needs_input_grad[8]
         g, d_xs, d_h0 = native.window_backward(
-            lib, ctx.per_row, xs, states, tuple(weights), d_reads.contiguous(), inputs_too
+            ctx.per_row, xs, states, tuple(weights), d_reads.contiguous(), inputs_too
         )
         if ctx.per_row:  # back to the weights' own layout, rows (coordinates) first
             g = (g[0].t(), g[1].t(), g[2].permute(2, 0, 1), g[3].permute(2, 0, 1), g[4].t(), g[5])
@@ -609,10 +605,8 @@ class CoordinateGRU(nn.Module):
 
     def _native_step(self, names: Names, x: Tensor, h: Tensor, per_row: bool) -> Tensor:
         """One step of ``x [R, c]`` from ``h [R, c, d]``, in C, without gradient."""
-        lib = native.library()
-        assert lib is not None
         xk, hk = _kernel_layout(x.unsqueeze(0), h, per_row)
-        states, _ = native.window_forward(lib, per_row, xk, hk, _kernel_weights(self.weights(names), per_row))
+        states, _ = native.window_forward(per_row, xk, hk, _kernel_weights(self.weights(names), per_row))
         return states[1, 0].t().unsqueeze(0) if per_row else states[1].permute(2, 0, 1)
 
     def _chunked(self, names: Sequence[str], hs: Sequence[Tensor]) -> tuple[_Chunks, _Blocks, int, Tensor]:

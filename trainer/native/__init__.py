@@ -85,21 +85,25 @@ def _pointer(t: Tensor) -> ctypes.c_void_p:
     return ctypes.c_void_p(t.data_ptr())
 
 
-def window_forward(
-    lib: ctypes.CDLL, per_row: bool, x: Tensor, h0: Tensor, weights: tuple[Tensor, ...]
-) -> tuple[Tensor, Tensor]:
+def _built() -> ctypes.CDLL:
+    lib = library()
+    if lib is None:
+        raise RuntimeError("the GRU kernels are not built here (see the warning logged by trainer.native)")
+    return lib
+
+
+def window_forward(per_row: bool, x: Tensor, h0: Tensor, weights: tuple[Tensor, ...]) -> tuple[Tensor, Tensor]:
     """States ``[T+1, C, d, R]`` and read-outs ``[T, C, R]`` of a window (layouts in gru.c)."""
     steps, cols, rows = x.shape
     hidden = h0.shape[1]
     states = x.new_empty(steps + 1, cols, hidden, rows)
     reads = x.new_empty(steps, cols, rows)
     dims = [ctypes.c_long(v) for v in (steps, cols, rows, hidden)]
-    lib.gru_window_forward(ctypes.c_int(per_row), *dims, *(_pointer(t) for t in (x, h0, *weights, states, reads)))
+    _built().gru_window_forward(ctypes.c_int(per_row), *dims, *(_pointer(t) for t in (x, h0, *weights, states, reads)))
     return states, reads
 
 
 def window_backward(
-    lib: ctypes.CDLL,
     per_row: bool,
     x: Tensor,
     states: Tensor,
@@ -115,7 +119,7 @@ def window_backward(
     d_x = torch.empty_like(x) if inputs_too else None
     d_h0 = torch.empty_like(states[0]) if inputs_too else None
     dims = [ctypes.c_long(v) for v in (steps, cols, rows, hidden)]
-    lib.gru_window_backward(
+    _built().gru_window_backward(
         ctypes.c_int(per_row),
         *dims,
         *(_pointer(t) for t in (x, states, *weights[:5], d_reads, *grads)),
