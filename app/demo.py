@@ -9,16 +9,18 @@ prints which version served the period and how well it scored it.
 
 from __future__ import annotations
 
+import http.client
+import json
 import secrets
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-import httpx
 import uvicorn
 
 from app.main import create_app
@@ -57,10 +59,31 @@ def running_server(settings: Settings, port: int = 0) -> Iterator[str]:
         thread.join(timeout=30)
 
 
-def wait_trained(client: httpx.Client, period: int, timeout: float = 300.0) -> dict[str, Any]:
+class DemoClient:
+    """A JSON client over one keep-alive connection (the standard library's: the demo is the
+    README's first command, and runs with the runtime dependencies only)."""
+
+    def __init__(self, url: str, token: str, timeout: float = 60.0) -> None:
+        parts = urlsplit(url)
+        self._conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=timeout)
+        self._headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        self._conn.request(method, path, None if body is None else json.dumps(body), self._headers)
+        response = self._conn.getresponse()
+        payload = response.read()
+        if response.status >= 300:
+            raise RuntimeError(f"{method} {path}: HTTP {response.status}: {payload.decode(errors='replace')}")
+        return json.loads(payload)
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def wait_trained(client: DemoClient, period: int, timeout: float = 300.0) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        status: dict[str, Any] = client.get("/admin/status").raise_for_status().json()
+        status: dict[str, Any] = client.request("GET", "/admin/status")
         last = status["trainer"].get("last_period") or {}
         if status["trained_through"] >= period and last.get("period", 0) >= period:
             return status
@@ -70,12 +93,12 @@ def wait_trained(client: httpx.Client, period: int, timeout: float = 300.0) -> d
     raise RuntimeError(f"period {period} was not trained within {timeout:.0f} s")
 
 
-def wait_served(client: httpx.Client, version: int, timeout: float = 60.0) -> int:
+def wait_served(client: DemoClient, version: int, timeout: float = 60.0) -> int:
     """Block until replicas serve ``version``, so the next period's traffic meets it."""
     probe = {"user_id": "probe", "items": [{"item_id": "probe"}]}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        served = int(client.post("/v1/predict", json=probe).raise_for_status().json()["model_version"])
+        served = int(client.request("POST", "/v1/predict", probe)["model_version"])
         if served >= version:
             return served
         time.sleep(0.05)
@@ -123,8 +146,7 @@ def run_demo(periods: int, state_dir: Path | None, port: int, seed: int) -> int:
         settings = demo_settings(state_dir or Path(scratch), token, seed)
         table = synthetic_events(n_periods=periods, seed=seed)
         per_period = len(table) // periods
-        with running_server(settings, port) as url, httpx.Client(base_url=url, timeout=60) as client:
-            client.headers["Authorization"] = f"Bearer {token}"
+        with running_server(settings, port) as url, closing(DemoClient(url, token)) as client:
             print(f"asmg demo: serving on {url} (store in {settings.state_dir}), method {settings.method}")
             print(f"{'period':>6} {'events':>6} {'served':>7} {'AUC':>7} {'LogLoss':>8} {'IU AUC':>7}  next model")
             served = 1
@@ -132,8 +154,8 @@ def run_demo(periods: int, state_dir: Path | None, port: int, seed: int) -> int:
                 rows = range(p * per_period, (p + 1) * per_period)
                 for start in range(rows.start, rows.stop, BATCH):
                     events = [event(table, i) for i in range(start, min(start + BATCH, rows.stop))]
-                    client.post("/v1/interactions", json={"events": events}).raise_for_status()
-                closed = client.post("/admin/rollover").raise_for_status().json()["closed_period"]
+                    client.request("POST", "/v1/interactions", {"events": events})
+                closed = client.request("POST", "/admin/rollover")["closed_period"]
                 last = wait_trained(client, closed)["trainer"]["last_period"]
                 metrics = last["metrics"]
                 note = f" ({last['note']})" if last["note"] else ""

@@ -28,4 +28,6 @@ if [ "$status" -eq 5 ]; then
   echo "no tests were collected" >&2
   exit 1
 fi
-exit "$status"
+[ "$status" -eq 0 ] || exit "$status"
+# the README's first command from the built wheel, without the dev extra, outside the checkout
+bash scripts/check_install.sh

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The README's first command as a new user meets it: the wheel, installed without extras into a
+# fresh virtual environment, run from outside the checkout, with an empty cache. A runtime import
+# that only the dev extra installs, or package data the wheel lacks (the GRU's C source, the shipped
+# data set), fails here.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+work=$(mktemp -d /tmp/asmg-install.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+python3 -m pip wheel --quiet --disable-pip-version-check --no-deps --wheel-dir "$work/dist" "$root"
+python3 -m venv "$work/venv"
+"$work/venv/bin/pip" install --quiet --disable-pip-version-check "$work"/dist/*.whl
+cd "$work"
+export XDG_CACHE_HOME="$work/cache"  # the GRU kernels are built from the installed source, not a cached build
+"$work/venv/bin/asmg" demo --periods 5
+ls "$XDG_CACHE_HOME"/asmg/native/gru-*.so >/dev/null
+"$work/venv/bin/asmg" pretrain --dataset ml-latest-small --epochs 1 --out "$work/theta0.pt"
+echo "check_install: the wheel installs without extras and runs from $work"
