@@ -10,10 +10,10 @@ from __future__ import annotations
 import hmac
 from typing import TYPE_CHECKING, Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from app.schemas import PointerOut, Problem, RolloverResponse, StatusResponse, VersionOut
+from app.schemas import INT64_MAX, PointerOut, Problem, RolloverResponse, StatusResponse, VersionOut
 from trainer.settings import Settings
 from trainer.store.base import EmptyPeriod, Pointer, UnknownVersion
 from trainer.worker import ModelLoadError, load_version
@@ -92,7 +92,10 @@ def admin_router(settings: Settings) -> APIRouter:
         response_model=PointerOut,
         responses={404: {"model": Problem}, 409: {"model": Problem}},
     )
-    def activate(version: int, request: Request) -> PointerOut:
+    def activate(
+        version: Annotated[int, Path(ge=1, le=INT64_MAX, description="A registry version (the stores keep 64 bits).")],
+        request: Request,
+    ) -> PointerOut:
         """Serve this version and pin it: new publications are ignored until unpinned."""
         rt = runtime(request)
         try:
@@ -106,10 +109,17 @@ def admin_router(settings: Settings) -> APIRouter:
         rt.watcher.sync()
         return pointer_out(pointer)
 
-    @router.post("/unpin", response_model=PointerOut)
+    @router.post("/unpin", response_model=PointerOut, responses={409: {"model": Problem}})
     def unpin(request: Request) -> PointerOut:
-        """Follow new publications again, starting with the newest version."""
+        """Follow new publications again, starting with the newest version; 409 (and the pin
+        stays) if replicas could not load that version."""
         rt = runtime(request)
+        kept = rt.store.versions()
+        if kept:
+            try:
+                load_version(rt.store, kept[-1].version, rt.settings.model())
+            except ModelLoadError as exc:
+                raise HTTPException(409, f"the newest version cannot be served, so the pin stays: {exc}") from exc
         pointer = rt.store.unpin()
         rt.watcher.sync()
         return pointer_out(pointer)

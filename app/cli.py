@@ -42,17 +42,16 @@ def run_serve(args: argparse.Namespace) -> int:
 def run_trainer_command(args: argparse.Namespace) -> int:
     from trainer.schedule import start_rollover_schedule
     from trainer.store import open_store
-    from trainer.worker import PeriodTrainer, ensure_initial_model, lower_priority, report_dict, run_trainer
+    from trainer.worker import PeriodTrainer, lower_priority, report_dict, run_trainer
 
     settings = _settings()
     _service_logging()
     lower_priority(settings)
-    store = open_store(settings)
+    store = open_store(settings, for_trainer=True)
     try:
-        ensure_initial_model(store, settings)
         trainer = PeriodTrainer(store, settings)
         if args.once:
-            for report in trainer.train_pending():
+            for report in trainer.run_once():
                 print(report_dict(report))
             store.release_lease(trainer.owner)
             return 0
@@ -63,9 +62,9 @@ def run_trainer_command(args: argparse.Namespace) -> int:
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
-        scheduler = start_rollover_schedule(store, settings, trainer.owner)
+        scheduler = start_rollover_schedule(store, settings, trainer.owner, stop)
         log.info("trainer %s running (method %s)", trainer.owner, settings.method)
-        run_trainer(store, settings, stop, trainer)
+        run_trainer(store, settings, stop, trainer)  # retries every failure until stopped
         if scheduler:
             scheduler.shutdown(wait=False)
         return 0

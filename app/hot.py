@@ -3,9 +3,10 @@
 FastAPI's middleware, routing and dependency layers cost about a third of a
 ``/v1/predict`` request's CPU (docs/benchmarks.md). ``POST /v1/predict`` and
 ``POST /v1/interactions`` are therefore answered here, ahead of them, with
-the same handlers, errors (422 naming the field, 413, 503) and metrics as
-every other route; everything else goes on to FastAPI, which also keeps
-declaring the two routes for the OpenAPI document.
+the same handlers, errors (422 naming the field, 413, 415, 503) and metrics
+as every other route; everything else goes on to FastAPI, which also keeps
+declaring the two routes for the OpenAPI document (:data:`ERROR_RESPONSES`).
+Every request they answer is counted, whatever happens while answering it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import orjson
@@ -24,6 +25,8 @@ from redis.exceptions import RedisError
 from starlette.types import Receive, Scope, Send
 
 from app.metrics import ServiceMetrics
+from app.schemas import Problem
+from app.validation import json_safe
 
 log = logging.getLogger("asmg.api")
 
@@ -32,10 +35,36 @@ Answer = Callable[[Any, bytes], Awaitable[dict[str, Any]]]
 # what a store outage raises, and what every route answers for it (503)
 STORE_ERRORS: tuple[type[Exception], ...] = (RedisError, sqlite3.Error)
 STORE_UNAVAILABLE = {"detail": "the store is unavailable; retry later"}
+NOT_JSON = "the body must be JSON, sent with Content-Type: application/json"
+INTERNAL_ERROR = b'{"detail":"Internal Server Error"}'
+
+# what the two routes answer besides their success, as the OpenAPI document declares it
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    413: {"model": Problem, "description": "The body is over ASMG_MAX_BODY_BYTES."},
+    415: {"model": Problem, "description": "The body's Content-Type is missing or not application/json."},
+    422: {
+        "description": "The body is not JSON or breaks a rule; each error names its field.",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/HTTPValidationError"}}},
+    },
+    503: {
+        "model": Problem,
+        "description": "Starting up, no model loaded yet, or the store is unreachable.",
+    },
+}
 
 
 class ClientGone(Exception):
     """The client disconnected before its body arrived."""
+
+
+def sends_json(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Whether the request's Content-Type is application/json (parameters such as a charset aside).
+    Anything else is refused before the body is read: a page on another origin can post text/plain
+    without a CORS preflight, and must not get to log interactions that way."""
+    for name, value in headers:
+        if name == b"content-type":
+            return value.split(b";", 1)[0].strip().lower() == b"application/json"
+    return False
 
 
 async def read_body(receive: Receive, limit: int) -> bytes:
@@ -69,8 +98,12 @@ class HotRoutes:
             await self.app(scope, receive, send)
             return
         answer, success = route
+        path = scope["path"]
         started = time.perf_counter()
+        payload: Any
         try:
+            if not sends_json(scope["headers"]):
+                raise HTTPException(415, NOT_JSON)
             runtime = getattr(self.app.state, "runtime", None)
             if runtime is None:
                 raise HTTPException(503, "starting up")
@@ -78,18 +111,26 @@ class HotRoutes:
         except ClientGone:
             return
         except RequestValidationError as exc:
-            status, payload = 422, {"detail": jsonable_encoder(exc.errors())}
+            status, payload = 422, {"detail": exc.errors()}
         except HTTPException as exc:
             status, payload = exc.status_code, {"detail": exc.detail}
         except STORE_ERRORS as exc:
-            log.error("store error on %s: %s", scope["path"], exc)
+            log.error("store error on %s: %s", path, exc)
             status, payload = 503, STORE_UNAVAILABLE
         except Exception:
-            log.exception("error on %s", scope["path"])
+            log.exception("error on %s", path)
             status, payload = 500, {"detail": "Internal Server Error"}
-        body = orjson.dumps(payload)
+        try:
+            if status == 422:  # echoes what the client sent, integers beyond 64 bits included
+                payload = json_safe(jsonable_encoder(payload))
+            body = orjson.dumps(payload)
+        except Exception:  # a bug, never client input; still an answer, and counted
+            log.exception("the answer on %s could not be written", path)
+            status, body = 500, INTERNAL_ERROR
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-        self.metrics.requests.labels(scope["path"], str(status)).inc()
-        self.metrics.latency.labels(scope["path"]).observe(time.perf_counter() - started)
+        try:
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+        finally:
+            self.metrics.requests.labels(path, str(status)).inc()
+            self.metrics.latency.labels(path).observe(time.perf_counter() - started)

@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import orjson
 import torch
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -27,7 +28,7 @@ from pydantic import BaseModel
 from app.admin import admin_router
 from app.batching import MicroBatcher, NoModelError
 from app.encoding import Encoded, RequestEncoder, read_predict
-from app.hot import STORE_ERRORS, STORE_UNAVAILABLE, Answer, HotRoutes
+from app.hot import ERROR_RESPONSES, STORE_ERRORS, STORE_UNAVAILABLE, Answer, HotRoutes
 from app.metrics import RequestMetrics, ServiceMetrics
 from app.schemas import (
     Health,
@@ -37,15 +38,18 @@ from app.schemas import (
     PredictResponse,
     Problem,
     Ready,
+    TrainerHealthOut,
+    bounded_requests,
 )
 from app.serving import ModelHolder, ServedModel, SwapWatcher
 from app.validation import check_categories, check_id, invalid, parse_body
 from trainer.config import ModelConfig
+from trainer.health import trainer_health
 from trainer.schedule import start_rollover_schedule
 from trainer.settings import Settings
 from trainer.store import open_store
 from trainer.store.base import Interaction, Store
-from trainer.worker import PeriodTrainer, ensure_initial_model, run_trainer
+from trainer.worker import PeriodTrainer, ensure_initial_model, run_supervised
 
 log = logging.getLogger("asmg.api")
 
@@ -64,6 +68,7 @@ class Runtime:
     stop: threading.Event = field(default_factory=threading.Event)
     threads: list[threading.Thread] = field(default_factory=list)
     scheduler: BackgroundScheduler | None = None
+    trainer_store: Store | None = None  # the in-process trainer's
 
     @property
     def model_config(self) -> ModelConfig:
@@ -72,7 +77,8 @@ class Runtime:
 
 
 def json_body(model: type[BaseModel]) -> dict[str, Any]:
-    """OpenAPI for a route that reads its body with :func:`parse_body`."""
+    """OpenAPI for a route that reads its body itself (:class:`HotRoutes`): a JSON body, whose
+    schema ``create_app``'s ``openapi`` adds under the model's name, with the running limits."""
     return {
         "requestBody": {
             "required": True,
@@ -81,25 +87,29 @@ def json_body(model: type[BaseModel]) -> dict[str, Any]:
     }
 
 
-def encode_predict(rt: Runtime, raw: bytes) -> Encoded:
-    """A ``/v1/predict`` body as model rows. Kept apart from the await on the
-    batcher so that nothing of the parsed body lives on while the request
-    waits: objects that outlive a collection pile up for the slow ones."""
+Rows = tuple[np.ndarray, np.ndarray]  # item rows and their category rows
+
+
+def encode_predict(rt: Runtime, raw: bytes) -> tuple[str, int, Rows, Rows | None]:
+    """A ``/v1/predict`` body as model rows: its user id and row, its candidates' rows, and its
+    history's rows if the client sent one. Kept apart from the awaits that follow so that
+    nothing of the parsed body lives on while the request waits: objects that outlive a
+    collection pile up for the slow ones."""
     query = read_predict(raw)
     user, candidates = rt.encoder.candidates(query)
-    if query.history is not None:
-        history = rt.encoder.client_history(query.history)
-    elif rt.model_config.history_length and rt.holder.current is not None:
-        history = rt.encoder.logged_history(rt.store.recent_clicks(str(query.user_id), rt.model_config.history_length))
-    else:
-        history = rt.encoder.logged_history([])
-    return Encoded(user, *candidates, *history)
+    history = rt.encoder.client_history(query.history) if query.history is not None else None
+    return str(query.user_id), user, candidates, history
 
 
 async def predict_answer(rt: Runtime, raw: bytes) -> dict[str, Any]:
     """The body of a ``/v1/predict`` answer."""
+    user_id, user, candidates, history = encode_predict(rt, raw)
+    if history is None:
+        length = rt.model_config.history_length
+        clicks = await rt.store.recent_clicks_async(user_id, length) if length and rt.holder.current else []
+        history = rt.encoder.logged_history(clicks)
     try:
-        scores, model = await rt.batcher.score(encode_predict(rt, raw))
+        scores, model = await rt.batcher.score(Encoded(user, *candidates, *history))
     except NoModelError:
         raise HTTPException(503, "no model is loaded yet") from None
     rt.metrics.items_scored.inc(len(scores))
@@ -123,9 +133,8 @@ async def interactions_answer(rt: Runtime, raw: bytes) -> dict[str, Any]:
         )
         for i, e in enumerate(body.events)
     ]
-    # on the event loop, not in a thread: a thread here waits for the GIL behind the loop's CPU work
-    # at every socket call, and 1 in 100 appends took 200 ms at 8 connections (docs/benchmarks.md)
-    period = rt.store.append(events, s.history_length)
+    # awaited, never blocking the loop: a stalled store holds up only the requests that wait for it
+    period = await rt.store.append_async(events, s.history_length)
     rt.metrics.interactions.inc(len(events))
     return {"accepted": len(events), "period": period}
 
@@ -146,6 +155,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         try:
             yield
         finally:
+            await runtime.store.aclose()
             stop_runtime(runtime, close_store=owns_store)
 
     app = FastAPI(
@@ -174,6 +184,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         "/v1/predict",
         response_model=PredictResponse,
         tags=["scoring"],
+        responses=ERROR_RESPONSES,
         openapi_extra=json_body(PredictRequest),
     )
     async def predict(request: Request) -> Response:
@@ -191,6 +202,7 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
         status_code=202,
         response_model=InteractionsAccepted,
         tags=["logging"],
+        responses=ERROR_RESPONSES,
         openapi_extra=json_body(InteractionsRequest),
     )
     async def interactions(request: Request) -> Response:
@@ -206,12 +218,38 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
 
     @app.get("/readyz", response_model=Ready, tags=["health"], responses={503: {"model": Ready}})
     def readyz(request: Request) -> Any:
-        """A model is loaded and the store answers."""
+        """A model is loaded and the store answers (200, else 503). The body also says whether
+        this replica serves the version the registry points at, and how the trainer fares;
+        neither changes the status: a replica serving an older version still serves."""
         rt = runtime(request)
         model = rt.holder.current
-        ready = Ready(ready=False, model_version=model.version if model else None, store=rt.store.ping())
-        ready.ready = model is not None and ready.store
+        try:
+            pointer, status = rt.store.pointer(), rt.store.trainer_status()
+        except STORE_ERRORS:
+            pointer, status = None, None
+        ready = Ready(
+            ready=model is not None and pointer is not None,
+            model_version=model.version if model else None,
+            store=pointer is not None,
+            pointer_version=pointer.version if pointer else None,
+            load_error=rt.watcher.load_error,
+            trainer=trainer_health_out(status, rt.settings) if status is not None else None,
+        )
         return JSONResponse(ready.model_dump(), status_code=200 if ready.ready else 503)
+
+    @app.get(
+        "/healthz/trainer",
+        response_model=TrainerHealthOut,
+        tags=["health"],
+        responses={503: {"model": TrainerHealthOut}},
+    )
+    def trainer_healthz(request: Request) -> Any:
+        """200 while the trainer makes progress, 503 once it has shown none for
+        ASMG_TRAINER_STALL_SECONDS (dead, hung, cut off from the store, or failing), or the store
+        does not answer. For an operator's check; the API serves either way."""
+        rt = runtime(request)
+        health = trainer_health_out(rt.store.trainer_status(), rt.settings)
+        return JSONResponse(health.model_dump(), status_code=200 if health.ok else 503)
 
     @app.get("/metrics", tags=["health"], response_class=Response)
     def prometheus_metrics() -> Response:
@@ -221,11 +259,16 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     app.include_router(admin_router(settings))
 
     def openapi() -> dict[str, Any]:
-        # the routes that parse their own bodies declare them by reference; the schemas go here
+        # the routes that parse their own bodies declare them by reference: the schemas go here, with the
+        # limits of these settings, and FastAPI's 422 schema, which their 422s follow (ERROR_RESPONSES)
         if app.openapi_schema is None:
+            from fastapi.openapi.utils import validation_error_definition, validation_error_response_definition
+
             schema = FastAPI.openapi(app)
             components = schema.setdefault("components", {}).setdefault("schemas", {})
-            for model in (PredictRequest, InteractionsRequest):
+            components.setdefault("ValidationError", validation_error_definition)
+            components.setdefault("HTTPValidationError", validation_error_response_definition)
+            for model in bounded_requests(settings):
                 definition = model.model_json_schema(ref_template="#/components/schemas/{model}")
                 components.update(definition.pop("$defs", {}))
                 components[model.__name__] = definition
@@ -239,9 +282,21 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
     return HotRoutes(app, hot, metrics, settings.max_body_bytes)
 
 
+def trainer_health_out(status: dict[str, Any], settings: Settings) -> TrainerHealthOut:
+    health = trainer_health(status, time.time(), settings.trainer_stall_seconds)
+    return TrainerHealthOut(
+        ok=health.ok,
+        reason=health.reason,
+        heartbeat_age_seconds=health.heartbeat_age,
+        state=status.get("state"),
+        consecutive_failures=int(status.get("consecutive_failures") or 0),
+        last_success=status.get("last_success"),
+    )
+
+
 def start_runtime(settings: Settings, store: Store, metrics: ServiceMetrics) -> Runtime:
     holder = ModelHolder()
-    metrics.watch_store(store)
+    metrics.watch_store(store, settings.trainer_stall_seconds)
 
     def swapped(model: ServedModel) -> None:
         metrics.swaps.inc()
@@ -260,15 +315,24 @@ def start_runtime(settings: Settings, store: Store, metrics: ServiceMetrics) -> 
     rt = Runtime(settings, store, holder, batcher, RequestEncoder(watcher.config, settings), metrics, watcher)
     if settings.admin_token is None:
         log.warning("ASMG_ADMIN_TOKEN is not set: /admin is open (development only)")
-    ensure_initial_model(store, settings)
-    watcher.sync()
+    try:
+        ensure_initial_model(store, settings)
+        watcher.sync()
+    except STORE_ERRORS as exc:  # start anyway: /readyz says 503 until the watcher has loaded a model
+        log.error("the store is unavailable at start (%s); serving once it answers", exc)
     watcher.start()
     if settings.runs_trainer_in_process:
-        trainer = PeriodTrainer(store, settings)
-        thread = threading.Thread(target=run_trainer, args=(store, settings, rt.stop, trainer), name="trainer")
+        # a store of its own: the trainer's calls move whole periods and may wait longer than a request
+        rt.trainer_store = open_store(settings, for_trainer=True)
+        trainer = PeriodTrainer(rt.trainer_store, settings)
+        thread = threading.Thread(
+            target=run_supervised,
+            args=(rt.trainer_store, settings, rt.stop, trainer, metrics.trainer_restarts.inc),
+            name="trainer",
+        )
         thread.start()
         rt.threads.append(thread)
-        rt.scheduler = start_rollover_schedule(store, settings, trainer.owner)
+        rt.scheduler = start_rollover_schedule(rt.trainer_store, settings, trainer.owner, rt.stop)
     return rt
 
 
@@ -280,5 +344,7 @@ def stop_runtime(rt: Runtime, close_store: bool) -> None:
     for thread in rt.threads:
         thread.join()
     rt.metrics.unwatch_store()
+    if rt.trainer_store is not None:
+        rt.trainer_store.close()
     if close_store:
         rt.store.close()

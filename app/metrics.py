@@ -24,8 +24,9 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from trainer.health import trainer_health
 from trainer.store.base import Store
-from trainer.worker import PHASES
+from trainer.worker import PHASES, TRAINER_STATES
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -58,13 +59,18 @@ class ServiceMetrics:
         )
         self.swaps = Counter("asmg_model_swaps", "Model versions swapped in.", registry=r)
         self.load_failures = Counter(
-            "asmg_model_load_failures", "Versions refused: missing, corrupt or misfit.", registry=r
+            "asmg_model_load_failures",
+            "Versions refused: missing, corrupt, misfit or non-finite (each once per process).",
+            registry=r,
+        )
+        self.trainer_restarts = Counter(
+            "asmg_trainer_restarts", "Times the in-process trainer loop died and was started again.", registry=r
         )
 
         self._store_collector: StoreCollector | None = None
 
-    def watch_store(self, store: Store) -> None:
-        self._store_collector = StoreCollector(store)
+    def watch_store(self, store: Store, stall_seconds: float) -> None:
+        self._store_collector = StoreCollector(store, stall_seconds)
         self.registry.register(self._store_collector)
 
     def unwatch_store(self) -> None:
@@ -91,8 +97,9 @@ def shared_across_processes() -> bool:
 class StoreCollector(Collector):
     """Period, pointer and trainer figures, read from the store on each scrape."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, stall_seconds: float) -> None:
         self.store = store
+        self.stall_seconds = stall_seconds
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         try:
@@ -107,6 +114,13 @@ class StoreCollector(Collector):
         yield GaugeMetricFamily(
             "asmg_model_pinned", "1 when an operator pinned the serving version.", value=pointer.pinned
         )
+        if pointer.version is not None:
+            yield GaugeMetricFamily(
+                "asmg_model_pointer_version",
+                "The version the registry points at (compare asmg_model_version).",
+                value=pointer.version,
+            )
+        yield from trainer_families(status, time.time(), self.stall_seconds)
         last = status.get("last_period") or {}
         metrics = last.get("metrics") or {}
         for name, help_text in (
@@ -124,6 +138,33 @@ class StoreCollector(Collector):
             if phase in (last.get("seconds") or {}):
                 phases.add_metric([phase], last["seconds"][phase])
         yield phases
+
+
+def trainer_families(status: dict[str, Any], now: float, stall_seconds: float) -> Iterator[GaugeMetricFamily]:
+    """The trainer's health, from its status record."""
+    health = trainer_health(status, now, stall_seconds)
+    yield GaugeMetricFamily(
+        "asmg_trainer_healthy",
+        "1 while the trainer made progress within ASMG_TRAINER_STALL_SECONDS (as GET /healthz/trainer).",
+        value=health.ok,
+    )
+    states = GaugeMetricFamily("asmg_trainer_state", "1 for the trainer's current state.", labels=["state"])
+    for state in TRAINER_STATES:
+        states.add_metric([state], float(status.get("state") == state))
+    yield states
+    yield GaugeMetricFamily(
+        "asmg_trainer_consecutive_failures",
+        "The trainer's failed rounds since its last good one.",
+        value=int(status.get("consecutive_failures") or 0),
+    )
+    for key, name, help_text in (
+        ("heartbeat", "asmg_trainer_heartbeat_timestamp_seconds", "When the trainer last showed progress."),
+        ("last_success", "asmg_trainer_last_success_timestamp_seconds", "When the trainer last committed a period."),
+        ("state_bytes", "asmg_trainer_state_bytes", "Size of the trainer state it committed last."),
+        ("history_users", "asmg_trainer_history_users", "Users whose recent clicks the trainer keeps."),
+    ):
+        if status.get(key) is not None:
+            yield GaugeMetricFamily(name, help_text, value=float(status[key]))
 
 
 class RequestMetrics:

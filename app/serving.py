@@ -81,7 +81,13 @@ class ModelHolder:
 
 
 class SwapWatcher:
-    """Follows the store's pointer: on a notification, and every ``poll_seconds`` in case one was missed."""
+    """Follows the store's pointer: on a notification, and every ``poll_seconds`` in case one was missed.
+
+    A version it cannot serve (missing, corrupt, misfit, non-finite) is reported once, by log
+    and ``on_failure``, and not tried again; the served version stays, and ``load_error`` says
+    why the pointer is not followed. A replica that has no model yet (it just started) serves
+    the newest kept version that loads instead, rather than nothing.
+    """
 
     def __init__(
         self,
@@ -98,7 +104,8 @@ class SwapWatcher:
         self.poll_seconds = poll_seconds
         self.on_swap = on_swap
         self.on_failure = on_failure
-        self.failed: set[str] = set()  # sha256 of blobs that did not load: not retried
+        self.failed: dict[tuple[int, str], str] = {}  # (version, sha256 or "") that did not load → why
+        self.load_error: str | None = None  # why the pointer's version is not served, if it is not
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # admin routes sync too; one load at a time
@@ -112,24 +119,49 @@ class SwapWatcher:
         wanted = self.store.pointer().version
         current = self.holder.current
         if wanted is None or (current is not None and current.version == wanted):
+            self.load_error = None
             return False
-        info = self.store.version(wanted)
-        if info is None or info.sha256 in self.failed:
+        loaded = self._load(wanted)
+        if loaded is None and current is None:
+            loaded = self._fallback(wanted)
+        if loaded is None:
             return False
-        try:
-            params = verified_params(info, self.store.weights(wanted), self.config)
-        except ModelLoadError as exc:
-            self.failed.add(info.sha256)
-            log.error("not serving version %d: %s", wanted, exc)
-            if self.on_failure:
-                self.on_failure(wanted, str(exc))
-            return False
-        model = ServedModel(info, self.config, params)
-        self.holder.swap(model)
-        log.info("now serving version %d (period %d)", model.version, model.period)
+        self.holder.swap(loaded)
+        log.info("now serving version %d (period %d)", loaded.version, loaded.period)
         if self.on_swap:
-            self.on_swap(model)
+            self.on_swap(loaded)
         return True
+
+    def _load(self, number: int) -> ServedModel | None:
+        """Version ``number`` loaded and verified, or None (reported once) if it cannot be served."""
+        info = self.store.version(number)
+        key = (number, info.sha256 if info is not None else "")
+        if key in self.failed:
+            self.load_error = self.failed[key]
+            return None
+        try:
+            if info is None:
+                raise ModelLoadError(f"version {number} is not in the registry")
+            params = verified_params(info, self.store.weights(number), self.config)
+        except ModelLoadError as exc:
+            self.failed[key] = self.load_error = str(exc)
+            log.error("not serving version %d: %s", number, exc)
+            if self.on_failure:
+                self.on_failure(number, str(exc))
+            return None
+        self.load_error = None
+        return ServedModel(info, self.config, params)
+
+    def _fallback(self, wanted: int) -> ServedModel | None:
+        """The newest other kept version that loads, for a replica with nothing to serve."""
+        error = self.load_error
+        for info in reversed(self.store.versions()):
+            if info.version != wanted and (model := self._load(info.version)) is not None:
+                self.load_error = error
+                log.warning("serving version %d until version %d can be loaded", info.version, wanted)
+                return model
+        self.load_error = error
+        return None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="swap-watcher", daemon=True)
@@ -145,6 +177,6 @@ class SwapWatcher:
             try:
                 self.store.wait_for_swap(timeout=self.poll_seconds)
                 self.sync()
-            except Exception:  # a store outage must not kill the watcher
-                log.exception("swap watcher: store error; retrying")
+            except Exception as exc:  # a store outage must not kill the watcher
+                log.warning("swap watcher: store error (%s); retrying", exc)
                 self._stop.wait(self.poll_seconds)

@@ -3,9 +3,11 @@ naming the offending field."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import orjson
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
@@ -26,6 +28,26 @@ def parse_body(raw: bytes, model: type[Body]) -> Body:
             for e in exc.errors(include_url=False)
         ]
         raise RequestValidationError(errors) from None
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` (JSON-like) as orjson can write it. orjson refuses integers beyond 64 bits, which
+    a 422 echoes when a client sent one: those are written as the very digits that came in; NaN
+    and infinities, which JSON cannot carry, are null."""
+    if type(value) is int:
+        if -(2**63) <= value < 2**64:
+            return value
+        try:
+            return orjson.Fragment(str(value))
+        except ValueError:  # over the interpreter's digit limit (no JSON parser here yields one)
+            return None
+    if type(value) is float:
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def invalid(loc: Sequence[str | int], message: str, kind: str = "value_error") -> RequestValidationError:

@@ -7,7 +7,11 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d /tmp/asmg-install.XXXXXX)
 trap 'rm -rf "$work"' EXIT
-python3 -m pip wheel --quiet --disable-pip-version-check --no-deps --wheel-dir "$work/dist" "$root"
+# built from a copy: setuptools leaves a build/ folder beside the sources it builds
+mkdir "$work/src"
+cp -r "$root/pyproject.toml" "$root/README.md" "$root/app" "$root/trainer" "$work/src/"
+find "$work/src" -name __pycache__ -prune -exec rm -rf {} +
+python3 -m pip wheel --quiet --disable-pip-version-check --no-deps --wheel-dir "$work/dist" "$work/src"
 python3 -m venv "$work/venv"
 "$work/venv/bin/pip" install --quiet --disable-pip-version-check "$work"/dist/*.whl
 cd "$work"

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import orjson
 import pytest
+from fastapi import FastAPI
 
 from app.demo import running_server
+from app.hot import HotRoutes
+from app.metrics import ServiceMetrics
 from tests.service import AUTH, small_settings
 
 
@@ -61,6 +66,10 @@ EVENT = {"user_id": "u1", "item_id": "i1", "label": 1}
         ({"user_id": "u1", "items": [ITEM], "history": ["i1", None]}, ("body", "history", 1, "str")),
         ({"user_id": "u1", "items": [ITEM], "history": ["i1", "h" * 17]}, ("body", "history", 1)),
         ({"user_id": "u1", "items": [ITEM], "history": [1, ""]}, ("body", "history", 1)),
+        ({"user_id": "u1", "items": [ITEM], "history": ["x" * 17] + ["i1"] * 6}, ("body", "history", 0)),
+        ({"user_id": 2**63, "items": [ITEM]}, ("body", "user_id", "int")),
+        ({"user_id": "u1", "items": [{"item_id": -(2**63) - 1}]}, ("body", "items", 0, "item_id", "int")),
+        ({"user_id": 1.0, "items": [ITEM]}, ("body", "user_id", "int")),
     ],
 )
 def test_predict_rejects_bad_bodies(client: httpx.Client, body: dict[str, Any], loc: tuple[Any, ...]) -> None:
@@ -78,6 +87,12 @@ def test_predict_rejects_bad_bodies(client: httpx.Client, body: dict[str, Any], 
         ({**EVENT, "timestamp": -5}, ("body", "events", 1, "timestamp")),
         ({**EVENT, "timestamp": "yesterday"}, ("body", "events", 1, "timestamp")),
         ({**EVENT, "user_id": "u" * 17}, ("body", "events", 1, "user_id")),
+        ({**EVENT, "label": True}, ("body", "events", 1, "label")),
+        ({**EVENT, "label": 1.0}, ("body", "events", 1, "label")),
+        ({**EVENT, "label": 2**64}, ("body", "events", 1, "label")),
+        ({**EVENT, "timestamp": 0}, ("body", "events", 1, "timestamp")),
+        ({**EVENT, "timestamp": "5"}, ("body", "events", 1, "timestamp")),
+        ({**EVENT, "item_id": 10**20}, ("body", "events", 1, "item_id", "int")),
     ],
 )
 def test_interactions_reject_bad_events(client: httpx.Client, event: dict[str, Any], loc: tuple[Any, ...]) -> None:
@@ -86,6 +101,88 @@ def test_interactions_reject_bad_events(client: httpx.Client, event: dict[str, A
     # nothing of a refused batch is logged, not even its good first event
     after = client.get("/admin/status", headers=AUTH).json()
     assert after == before
+
+
+@pytest.mark.parametrize("timestamp", ["Infinity", "-Infinity", "NaN", "1e400"])
+def test_timestamps_must_be_finite(client: httpx.Client, timestamp: str) -> None:
+    before = client.get("/admin/status", headers=AUTH).json()
+    body = '{"events": [{"user_id": "u1", "item_id": "i1", "label": 1, "timestamp": ' + timestamp + "}]}"
+    response = client.post("/v1/interactions", content=body, headers={"Content-Type": "application/json"})
+    assert ("body", "events", 0, "timestamp") in error_locs(response)
+    assert client.get("/admin/status", headers=AUTH).json() == before
+
+
+def requests_counted(client: httpx.Client, path: str, status: int) -> float:
+    wanted = f'asmg_http_requests_total{{route="{path}",status="{status}"}} '
+    lines = [line for line in client.get("/metrics").text.splitlines() if line.startswith(wanted)]
+    return float(lines[0].split()[-1]) if lines else 0.0
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "loc"),
+    [
+        ("/v1/interactions", '{"events": [{"user_id": "u", "item_id": "i", "label": 18446744073709551616}]}', 0),
+        ("/v1/predict", '{"user_id": "u", "items": [{"item_id": 1}], "extra": -18446744073709551616000}', 1),
+    ],
+)
+def test_integers_beyond_64_bits_are_echoed_in_a_counted_422(
+    client: httpx.Client, path: str, body: str, loc: int
+) -> None:
+    before = requests_counted(client, path, 422)
+    response = client.post(path, content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 422, response.text
+    [error] = response.json()["detail"]
+    sent = int(body.split(": ")[-1].rstrip("}]"))
+    assert error["input"] == sent and error["loc"] == [["body", "events", 0, "label"], ["body", "extra"]][loc]
+    assert requests_counted(client, path, 422) == before + 1
+
+
+def test_an_answer_that_cannot_be_written_is_still_a_counted_json_500() -> None:
+    async def unwritable(runtime: Any, raw: bytes) -> dict[str, Any]:
+        return {"value": object()}  # a bug of the service's own: orjson cannot write it
+
+    app = FastAPI()
+    app.state.runtime = object()
+    metrics = ServiceMetrics()
+    hot = HotRoutes(app, {"/x": (unwritable, 200)}, metrics, 1024)
+    scope = {"type": "http", "method": "POST", "path": "/x", "headers": [(b"content-type", b"application/json")]}
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def send_fails(message: dict[str, Any]) -> None:
+        raise OSError("the connection broke")
+
+    asyncio.run(hot(scope, receive, send))
+    assert sent[0]["status"] == 500 and orjson.loads(sent[1]["body"]) == {"detail": "Internal Server Error"}
+    with pytest.raises(OSError):
+        asyncio.run(hot(scope, receive, send_fails))
+    counted = metrics.registry.get_sample_value("asmg_http_requests_total", {"route": "/x", "status": "500"})
+    assert counted == 2
+
+
+@pytest.mark.parametrize("path", ["/v1/predict", "/v1/interactions"])
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded", "application/jsonx"])
+def test_bodies_that_are_not_declared_json_are_415(client: httpx.Client, path: str, content_type: str | None) -> None:
+    before = client.get("/admin/status", headers=AUTH).json()
+    counted = requests_counted(client, path, 415)
+    body = '{"events": [{"user_id": "u1", "item_id": "i1", "label": 1}]}'
+    response = client.post(path, content=body, headers={"Content-Type": content_type} if content_type else {})
+    assert response.status_code == 415 and "application/json" in response.json()["detail"]
+    assert client.get("/admin/status", headers=AUTH).json() == before  # nothing logged
+    assert requests_counted(client, path, 415) == counted + 1
+
+
+def test_json_with_parameters_is_json(client: httpx.Client) -> None:
+    body = '{"events": [{"user_id": "u1", "item_id": "i1", "label": 1}]}'
+    response = client.post(
+        "/v1/interactions", content=body, headers={"Content-Type": "Application/JSON; charset=utf-8"}
+    )
+    assert response.status_code == 202
 
 
 def test_integers_too_long_to_parse_are_a_422_that_does_not_echo_the_body(client: httpx.Client) -> None:
@@ -133,6 +230,13 @@ def test_admin_needs_the_right_token(client: httpx.Client) -> None:
     assert client.get("/admin/models", headers=AUTH).status_code == 200
 
 
+@pytest.mark.parametrize("version", ["0", "-1", "9223372036854775808", "99999999999999999999"])
+def test_activate_versions_out_of_range_are_422(client: httpx.Client, version: str) -> None:
+    response = client.post(f"/admin/models/{version}/activate", headers=AUTH)
+    assert response.status_code == 422, response.text
+    assert ("path", "version") in [tuple(e["loc"]) for e in response.json()["detail"]]
+
+
 def test_activate_unknown_version_is_404(client: httpx.Client) -> None:
     response = client.post("/admin/models/999/activate", headers=AUTH)
     assert response.status_code == 404 and "999" in response.json()["detail"]
@@ -157,3 +261,29 @@ def test_health_readiness_and_openapi(client: httpx.Client) -> None:
     for path in ["/v1/predict", "/v1/interactions", "/admin/rollover", "/admin/models/{version}/activate", "/metrics"]:
         assert path in spec["paths"]
     assert "bearer" in str(spec["components"]["securitySchemes"]).lower()
+
+
+def test_openapi_states_the_running_limits_and_the_error_answers(client: httpx.Client) -> None:
+    spec = client.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+    predict, interactions = schemas["PredictRequest"], schemas["InteractionsRequest"]
+    assert (predict["properties"]["items"]["minItems"], predict["properties"]["items"]["maxItems"]) == (1, 5)
+    assert predict["properties"]["history"]["anyOf"][0]["maxItems"] == 7
+    assert (interactions["properties"]["events"]["minItems"], interactions["properties"]["events"]["maxItems"]) == (
+        1,
+        4,
+    )
+    assert schemas["Candidate"]["properties"]["categories"]["maxItems"] == 3
+    text, integer = predict["properties"]["user_id"]["anyOf"]
+    assert text == {"type": "string", "minLength": 1, "maxLength": 16}
+    assert integer == {"type": "integer", "minimum": -(10**15 - 1), "maximum": 10**16 - 1}
+    event = schemas["InteractionIn"]["properties"]
+    assert (event["label"]["type"], event["label"]["minimum"], event["label"]["maximum"]) == ("integer", 0, 1)
+    assert event["timestamp"]["anyOf"][0] == {"type": "number", "exclusiveMinimum": 0}
+    for path in ("/v1/predict", "/v1/interactions"):
+        responses = spec["paths"][path]["post"]["responses"]
+        assert {"413", "415", "422", "503"} <= set(responses)
+        assert responses["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/HTTPValidationError")
+        assert responses["415"]["content"]["application/json"]["schema"]["$ref"].endswith("/Problem")
+    version = spec["paths"]["/admin/models/{version}/activate"]["post"]["parameters"][0]["schema"]
+    assert (version["minimum"], version["maximum"]) == (1, 2**63 - 1)

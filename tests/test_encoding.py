@@ -4,6 +4,7 @@ reads it the same, and its row cache gives the rows hashing gives."""
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import orjson
@@ -13,7 +14,8 @@ from pydantic import ValidationError
 
 from app import encoding
 from app.encoding import Candidate, PredictQuery, RequestEncoder, _quick_query, read_predict
-from app.schemas import PredictRequest
+from app.schemas import INT64_MAX, INT64_MIN, IdRules, PredictRequest
+from app.validation import check_id
 from trainer.config import ModelConfig
 from trainer.features import hash_id, user_row
 from trainer.settings import Settings
@@ -25,7 +27,9 @@ VALID: dict[str, Any] = {
     "items": [{"item_id": "i1", "categories": ["c1", 7]}, {"item_id": 2}, {"item_id": "i3", "categories": []}],
     "history": ["h1", 5],
 }
-BAD_VALUES: list[Any] = [None, True, 1.5, [], {}, "", 0]
+BAD_VALUES: list[Any] = [None, True, 1.5, 1.0, [], {}, "", 0]
+# integer ids: within 64 bits (signed) or refused, by both readers
+EDGE_INTEGERS: list[int] = [2**63 - 1, -(2**63), 2**63, -(2**63) - 1, 2**64, 10**30]
 
 
 def variants() -> list[Any]:
@@ -42,7 +46,7 @@ def variants() -> list[Any]:
         ("history", 1),
     ]
     for path in paths:
-        for value in [*BAD_VALUES, "ok", ["a"], [1, "b"], [{"item_id": 1}]]:
+        for value in [*BAD_VALUES, *EDGE_INTEGERS, "ok", ["a"], [1, "b"], [{"item_id": 1}], [2**63]]:
             body = copy.deepcopy(VALID)
             target = body
             for step in path[:-1]:
@@ -73,9 +77,9 @@ def pydantic_query(raw: bytes) -> PredictQuery | None:
     return PredictQuery(body.user_id, [Candidate(c.item_id, tuple(c.categories)) for c in body.items], body.history)
 
 
-@pytest.mark.parametrize("body", variants(), ids=lambda b: orjson.dumps(b).decode()[:80])
+@pytest.mark.parametrize("body", variants(), ids=lambda b: json.dumps(b)[:80])
 def test_the_quick_read_accepts_what_pydantic_accepts_and_reads_it_the_same(body: Any) -> None:
-    raw = orjson.dumps(body)
+    raw = json.dumps(body).encode()  # orjson cannot write integers beyond 64 bits
     quick = _quick_query(raw)
     expected = pydantic_query(raw)
     if quick is not None:  # it may pass a body on to pydantic, but never accept one pydantic refuses
@@ -95,9 +99,34 @@ def test_well_formed_bodies_take_the_quick_read() -> None:
     assert _quick_query(raw) == pydantic_query(raw) == PredictQuery("a", [Candidate("b")], None)
 
 
-def test_an_integer_only_pydantic_can_read_is_still_read() -> None:
-    raw = b'{"user_id": 123456789012345678901234567890, "items": [{"item_id": 1}]}'
-    assert read_predict(raw).user_id == 123456789012345678901234567890
+@pytest.mark.parametrize("value", [2**63, -(2**63) - 1, 123456789012345678901234567890])
+def test_integer_ids_beyond_64_bits_are_refused_naming_the_field(value: int) -> None:
+    for body in (
+        {"user_id": value, "items": [{"item_id": 1}]},
+        {"user_id": 1, "items": [{"item_id": 1, "categories": [value]}]},
+        {"user_id": 1, "items": [{"item_id": 1}], "history": ["a", value]},
+    ):
+        raw = json.dumps(body).encode()
+        assert _quick_query(raw) is None and pydantic_query(raw) is None
+        with pytest.raises(RequestValidationError) as caught:
+            read_predict(raw)
+        [loc] = [e["loc"] for e in caught.value.errors() if e["type"] != "string_type"]
+        assert loc[-1] == "int" and ("user_id" in loc or "categories" in loc or "history" in loc)
+    edge = json.dumps({"user_id": 2**63 - 1, "items": [{"item_id": -(2**63)}]}).encode()
+    assert read_predict(edge) == pydantic_query(edge) == PredictQuery(2**63 - 1, [Candidate(-(2**63))], None)
+
+
+def test_history_ids_the_model_does_not_use_are_still_checked() -> None:
+    encoder = RequestEncoder(CONFIG, Settings(max_id_length=4))  # CONFIG uses the newest 4
+    assert encoder.client_history(["a", 1234, "b", "c", "d", "e"])[0].shape == (4,)
+    for bad, index in (
+        (["toolong", "b", "c", "d", "e"], 0),
+        (["a", "", "b", "c", "d", "e"], 1),
+        ([12345] + ["a"] * 4, 0),
+    ):
+        with pytest.raises(RequestValidationError) as caught:
+            encoder.client_history(bad)
+        assert caught.value.errors()[0]["loc"] == ("body", "history", index)
 
 
 def test_rows_are_the_hashed_ids_and_an_integer_id_is_its_string() -> None:
@@ -140,3 +169,16 @@ def test_the_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         _, (items, _) = encoder.candidates(PredictQuery("u", [Candidate(f"i{k}")], None))
         assert items.tolist() == [hash_id(f"i{k}", CONFIG.item_buckets, "item")]
         assert len(encoder._slots) <= 3
+
+
+@pytest.mark.parametrize("limit", [1, 2, 5, 16, 19, 20, 256])
+def test_the_documented_integer_range_is_what_check_id_lets_through(limit: int) -> None:
+    low, high = IdRules(limit).int_range()
+    for value in (low, high):
+        assert check_id(value, ["user_id"], limit) == str(value)
+    for value in (low - 1, high + 1):
+        if INT64_MIN <= value <= INT64_MAX:  # past 64 bits the schema itself refuses it
+            with pytest.raises(RequestValidationError):
+                check_id(value, ["user_id"], limit)
+    expected = {1: (0, 9), 2: (-9, 99), 16: (1 - 10**15, 10**16 - 1), 19: (1 - 10**18, INT64_MAX)}
+    assert (low, high) == expected.get(limit, (INT64_MIN, INT64_MAX) if limit >= 20 else (low, high))

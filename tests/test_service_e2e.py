@@ -13,11 +13,12 @@ import redis
 import torch
 
 from app.demo import running_server
+from app.serving import ModelHolder, SwapWatcher
 from tests.service import AUTH, post_period, small_settings, traffic, trained_through, wait_for
 from trainer.settings import Settings
-from trainer.store import open_store
-from trainer.store.base import NewVersion
-from trainer.worker import PeriodTrainer, load_version
+from trainer.store import LocalStore, open_store
+from trainer.store.base import NewVersion, Pointer
+from trainer.worker import PHASES, PeriodTrainer, ensure_initial_model, initial_params, load_version, new_version
 
 
 @pytest.fixture(params=["redis", "local"])
@@ -58,7 +59,7 @@ def test_periods_publish_in_order_and_predict_follows(settings: Settings) -> Non
         last = status["trainer"]["last_period"]
         assert last["period"] == 5 and last["events"] == len(periods[-1])
         assert 0 <= last["metrics"]["pv_auc"] <= 1
-        assert set(last["seconds"]) == {"read", "evaluate", "update", "gate", "publish"}
+        assert set(last["seconds"]) == set(PHASES)
         # after the window fills and one meta period of warm-up, a generated model (or IU by the gate) is published
         assert {m["method"] for m in models} - {"initial"} <= {"iu", settings.method}
         assert any(m["method"] == settings.method or "quality gate" in m["note"] for m in models[4:])
@@ -229,6 +230,43 @@ def test_a_corrupt_version_is_refused_and_the_old_one_keeps_serving(settings: Se
             assert client.get("/readyz").json()["model_version"] == 1
             refused = client.post(f"/admin/models/{info.version}/activate", headers=AUTH)
             assert refused.status_code == 409 and "sha256" in refused.json()["detail"]
+            # still ready (it serves), and it says which version it cannot follow and why
+            ready = client.get("/readyz").json()
+            assert ready["ready"] and ready["pointer_version"] == info.version and "sha256" in ready["load_error"]
+            assert f"asmg_model_pointer_version {float(info.version)}" in client.get("/metrics").text
+            # pinned to the good version, it cannot be unpinned onto the corrupt newest one
+            assert client.post("/admin/models/1/activate", headers=AUTH).status_code == 200
+            stuck = client.post("/admin/unpin", headers=AUTH)
+            assert stuck.status_code == 409 and "pin stays" in stuck.json()["detail"]
+            assert store.pointer() == Pointer(1, True)
+            store.unpin()  # behind the API's back: a replica starting now finds the pointer on the corrupt version
+            assert store.pointer().version == info.version
+        # a replica that starts with nothing to serve serves the newest version that loads
+        with running_server(settings) as url, httpx.Client(base_url=url, timeout=30) as client:
+            ready = client.get("/readyz")
+            assert ready.status_code == 200 and ready.json()["model_version"] == 1
+            assert ready.json()["pointer_version"] == info.version and "sha256" in ready.json()["load_error"]
+            assert client.post("/v1/predict", json=probe).json()["model_version"] == 1
+    finally:
+        store.close()
+
+
+def test_a_pointer_to_a_missing_version_is_counted_and_reported(tmp_path: Path) -> None:
+    settings = small_settings(tmp_path / "state")
+    store = LocalStore(settings.state_dir)
+    try:
+        ensure_initial_model(store, settings)
+        holder = ModelHolder()
+        failures: list[tuple[int, str]] = []
+        watcher = SwapWatcher(store, holder, settings.model(), 0.1, on_failure=lambda v, why: failures.append((v, why)))
+        assert watcher.sync() and holder.current is not None and holder.current.version == 1
+        version = new_version(settings.model(), initial_params(settings), 1, "iu")
+        info = store.commit_period(version, b"", keep=10)
+        with store._write() as conn:  # the version vanishes from the registry (a lost write, a bad restore)
+            conn.execute("DELETE FROM models WHERE version = ?", (info.version,))
+        assert not watcher.sync() and not watcher.sync()
+        assert failures == [(info.version, f"version {info.version} is not in the registry")]  # counted once
+        assert watcher.load_error == failures[0][1] and holder.current.version == 1
     finally:
         store.close()
 

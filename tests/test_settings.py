@@ -24,6 +24,7 @@ def test_embedded_default_runs_the_trainer_in_process() -> None:
     [
         ({"environment": "production"}, "ASMG_ADMIN_TOKEN"),
         ({"method": "sgd"}, "method"),
+        ({"method": "asmg-gru-full"}, "grows without bound"),
         ({"rollover_cron": "every day"}, "rollover_cron"),
         ({"rollover_cron": "0 * * * *", "rollover_interval_seconds": 60}, "not both"),
         ({"max_items": 0}, "max_items"),

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import hashlib
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -28,6 +31,7 @@ from trainer.store import (
     Store,
     StoreError,
     UnknownVersion,
+    local_store,
     open_store,
     redis_store,
 )
@@ -167,7 +171,10 @@ def test_recent_clicks_keep_the_newest_positives_per_user_oldest_first(store: St
     assert store.recent_clicks("nobody", 3) == []
 
 
-def test_dropping_trained_logs_keeps_the_rest_and_the_recent_clicks(store: Store) -> None:
+def test_dropping_trained_logs_keeps_the_rest_and_the_recent_clicks(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(local_store, "DROP_SLICE", 2)  # the embedded store drops in slices of the log
     store.append([event("c", "c1", 1)], 5)  # c's only click, in a period to be dropped
     for period in (1, 2, 3):
         store.append([event("a", f"a{period}", 1), event("a", f"skip{period}", 0), event("b", f"b{period}", 0)], 5)
@@ -444,9 +451,10 @@ def test_state_outlives_the_store_object(opener: Opener) -> None:
     first.activate(1)
     first.acquire_lease("trainer-1", 30)
     first.set_trainer_status({"state": "idle"})
+    second = opener()
+    assert not second.acquire_lease("trainer-2", 30)  # its holder is alive
     first.close()
 
-    second = opener()
     assert second.open_period() == 2
     assert [e.item_id for e in second.read_period(1)] == ["a", "b"]
     assert [e.item_id for e in second.read_period(2)] == ["c"]
@@ -454,7 +462,6 @@ def test_state_outlives_the_store_object(opener: Opener) -> None:
     assert second.versions() == [initial, info]
     assert second.pointer() == Pointer(1, True)
     assert second.trainer_progress() == (1, b"state")
-    assert not second.acquire_lease("trainer-2", 30)
     assert second.trainer_status() == {"state": "idle"}
 
 
@@ -469,6 +476,70 @@ def test_a_closed_local_store_reopens_from_its_directory(tmp_path: Path) -> None
         assert again.read_period(1) == [event("u", "a", 1)]
     finally:
         again.close()
+
+
+def test_a_trainer_state_of_many_chunks_reads_back_whole(opener: Opener, monkeypatch: pytest.MonkeyPatch) -> None:
+    # both stores split the state into values of a bounded size (Redis caps one at 512 MB)
+    monkeypatch.setattr(redis_store, "STATE_CHUNK_BYTES", 7)
+    monkeypatch.setattr(local_store, "STATE_CHUNK_BYTES", 7)
+    store = opener()
+    big = bytes(range(256)) * 3
+    store.commit_period(new_version(1), big, keep=10)
+    assert store.trainer_progress() == (1, big)
+    assert opener().trainer_progress() == (1, big)
+    store.commit_period(new_version(2), b"small", keep=10)  # fewer chunks than before: none left over
+    assert store.trainer_progress() == (2, b"small")
+    store.commit_period(new_version(3), b"", keep=10)
+    assert store.trainer_progress() == (3, b"")
+
+
+def test_the_store_knows_when_the_open_period_was_opened(store: Store) -> None:
+    assert store.period_started() is None
+    store.append([event("u", "a")], 5)
+    before = time.time()
+    store.rollover()
+    opened = store.period_started()
+    assert opened is not None and before - 1 <= opened <= time.time() + 1
+
+
+def test_the_async_calls_log_and_read_as_the_plain_ones(store: Store) -> None:
+    async def run() -> tuple[int, list[Click]]:
+        try:
+            period = await store.append_async([event("u", "a", 1), event("u", "b", 0)], 5)
+            return period, await store.recent_clicks_async("u", 5)
+        finally:
+            await store.aclose()
+
+    period, clicks = asyncio.run(run())
+    assert period == 1 and clicks == [Click("a", ("c1",))]
+    assert store.read_period(1) == [event("u", "a", 1), event("u", "b", 0)]
+
+
+def test_a_local_lease_whose_holder_was_killed_is_taken_at_once(tmp_path: Path) -> None:
+    script = (
+        "import sys, time; from pathlib import Path; from trainer.store.local_store import LocalStore; "
+        "store = LocalStore(Path(sys.argv[1])); assert store.acquire_lease('dead', 300); "
+        "print('held', flush=True); time.sleep(300)"
+    )
+    root = Path(__file__).resolve().parent.parent
+    store = LocalStore(tmp_path / "state")
+    try:
+        with subprocess.Popen(
+            [sys.executable, "-c", script, str(tmp_path / "state")], stdout=subprocess.PIPE, cwd=root
+        ) as holder:
+            try:
+                assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+                assert not store.acquire_lease("next", 30)  # its holder lives
+            finally:
+                holder.kill()
+        assert store.acquire_lease("next", 30)  # not 300 s later: the holder's process is gone
+        other = LocalStore(tmp_path / "state")
+        try:
+            assert not other.acquire_lease("third", 30)  # and the new holder's lease holds
+        finally:
+            other.close()
+    finally:
+        store.close()
 
 
 # -- Redis specifics and open_store ---------------------------------------------------

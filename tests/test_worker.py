@@ -2,17 +2,32 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.service import small_settings, traffic
+from trainer.features import Examples
+from trainer.model import checkpoint_bytes
 from trainer.settings import Settings
 from trainer.store import DroppedPeriod, LocalStore, Store
-from trainer.store.base import Interaction
-from trainer.worker import PeriodTrainer, ensure_initial_model, lower_priority
+from trainer.store.base import Interaction, VersionInfo
+from trainer.updaters.asmg import Asmg
+from trainer.updaters.incremental import BatchUpdate
+from trainer.worker import (
+    NonFiniteWeights,
+    PeriodTrainer,
+    ensure_initial_model,
+    initial_params,
+    load_version,
+    lower_priority,
+    new_version,
+    verified_params,
+)
 
 
 def feed(store: Store, settings: Settings, periods: int) -> None:
@@ -61,8 +76,100 @@ def test_a_diverging_generator_is_held_back_by_the_gate(tmp_path: Path) -> None:
     ]  # type: ignore[index,operator]
     assert lost, "the wrecked generator never lost to IU"
     assert all(v["method"] == "iu" and "quality gate: on this period" in str(v["note"]) for v in lost)
-    ungated = train(tmp_path / "ungated", 8, meta_lr=5.0, quality_gate=False)
+    ungated = train(tmp_path / "ungated", 8, meta_lr=5.0, quality_gate=False, check_fraction=0)
     assert [v["method"] for v in ungated[4:]] == ["asmg-gru-multi"] * 5
+
+
+def test_a_diverging_generator_fails_the_held_back_check_and_iu_is_served(tmp_path: Path) -> None:
+    # no track-record gate: only the check on each period's held-back newest events stands in the way
+    versions = train(tmp_path, 8, meta_lr=5.0, quality_gate=False)
+    generated = versions[4:]
+    assert len(generated) == 5
+    for v in generated:
+        metrics = v["metrics"]
+        assert isinstance(metrics, dict)
+        assert metrics["check_events"] == int(150 * 0.05)
+        assert metrics["check_generated_logloss"] > 1.1 * metrics["check_iu_logloss"]
+        assert v["method"] == "iu" and str(v["note"]).startswith("check: on the 7 held-back events")
+    # a sound generator passes the same check
+    sound = train(tmp_path / "sound", 8, quality_gate=False)
+    assert [v["method"] for v in sound[4:]] == ["asmg-gru-multi"] * 5
+
+
+def nan_params(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {name: torch.full_like(value, float("nan")) for name, value in params.items()}
+
+
+def test_non_finite_generated_weights_are_never_published(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Asmg, "generate", lambda self: nan_params(self.learner.params()))
+    versions = train(tmp_path, 6, quality_gate=False)
+    assert [v["method"] for v in versions[4:]] == ["iu", "iu", "iu"]
+    assert all("generated weights hold NaN or infinity" in str(v["note"]) for v in versions[4:])
+
+
+def test_when_every_candidate_is_broken_the_served_weights_are_published_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = small_settings(tmp_path / "state", method="iu")
+    store = LocalStore(settings.state_dir)
+    try:
+        ensure_initial_model(store, settings)
+        feed(store, settings, 1)
+        trainer = PeriodTrainer(store, settings)
+        trainer.train_pending()  # period 1 as usual
+        good = store.pointer().version
+        assert good == 2
+        feed(store, settings, 1)
+        monkeypatch.setattr(BatchUpdate, "update", lambda self, period: nan_params(self.learner.params()))
+        (report,) = trainer.train_pending()
+        assert report.published == "held" and "hold NaN or infinity" in report.note and "v2" in report.note
+        assert store.trained_through() == 2  # the period is done, not retried forever
+        _, republished = load_version(store, report.version, settings.model())
+        _, served = load_version(store, good, settings.model())
+        assert all(torch.equal(republished[name], served[name]) for name in served)
+    finally:
+        store.close()
+
+
+def test_weights_with_nan_are_refused_at_publish_and_at_load(tmp_path: Path) -> None:
+    settings = small_settings(tmp_path / "state")
+    config = settings.model()
+    broken = nan_params(initial_params(settings))
+    with pytest.raises(NonFiniteWeights):
+        new_version(config, broken, 1, "iu")
+    blob = checkpoint_bytes(config, broken, {})
+    info = VersionInfo(3, hashlib.sha256(blob).hexdigest(), 1, "iu", 0.0, len(blob))
+    with pytest.raises(NonFiniteWeights, match="NaN or infinity"):
+        verified_params(info, blob, config)
+
+
+def test_no_event_is_lost_to_the_held_back_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    trained: list[int] = []
+    update = Asmg.update
+
+    def counting(self: Asmg, period: Examples) -> dict[str, torch.Tensor]:
+        trained.append(len(period))
+        return update(self, period)
+
+    monkeypatch.setattr(Asmg, "update", counting)
+    settings = small_settings(tmp_path / "state")
+    store = LocalStore(settings.state_dir)
+    try:
+        ensure_initial_model(store, settings)
+        feed(store, settings, 5)
+        trainer = PeriodTrainer(store, settings)
+        trainer.train_pending()
+        held = int(150 * settings.check_fraction)
+        # each period trains on the last one's held-back events and its own but its newest
+        assert trained == [150 - held] + [150] * 4
+        assert trainer.carried is not None and len(trainer.carried) == held
+        # a restarted trainer finds the held-back events in the stored state
+        store.release_lease(trainer.owner)
+        again = PeriodTrainer(store, settings)
+        again.pending()
+        assert again.carried is not None and torch.equal(again.carried.label, trainer.carried.label)
+    finally:
+        store.close()
 
 
 def test_logs_of_old_trained_periods_are_deleted_as_configured(tmp_path: Path) -> None:

@@ -16,6 +16,9 @@ from trainer.config import ModelConfig, TrainConfig
 from trainer.updaters import METHODS, base_model_kind
 from trainer.updaters.baselines import BaselineConfig
 
+# methods whose state grows with every period: replay only
+UNBOUNDED_METHODS = ("asmg-gru-full",)
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ASMG_", extra="ignore")
@@ -43,6 +46,12 @@ class Settings(BaseSettings):
     max_id_length: int = Field(256, ge=1, description="Longest user, item or category id accepted.")
     max_categories: int = Field(32, ge=1, description="Most categories on one item.")
     swap_poll_seconds: float = Field(5.0, gt=0, description="How often a replica re-checks the serving pointer.")
+    store_timeout_seconds: float = Field(
+        2.0,
+        gt=0,
+        description="Longest wait of an API request for the store (Redis command timeout; SQLite lock wait); "
+        "past it the request is a 503.",
+    )
     torch_threads: int = Field(1, ge=1, description="Torch intra-op threads per process.")
     batch_max_items: int = Field(
         4096,
@@ -98,7 +107,49 @@ class Settings(BaseSettings):
     rollover_interval_seconds: float | None = Field(None, gt=0, description="Close a period every N seconds.")
     rollover_cron: str | None = Field(None, description="Close a period on this crontab (5 fields, UTC).")
     trainer_poll_seconds: float = Field(1.0, gt=0, description="How often the trainer looks for closed periods.")
-    lease_seconds: float = Field(30.0, gt=0, description="Trainer lease; another trainer takes over after it lapses.")
+    lease_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="Trainer lease, renewed at every phase of a period; a standby trainer takes over once it "
+        "lapses (on the embedded store at once when the holder's process is gone).",
+    )
+    trainer_store_timeout_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="Redis command timeout (SQLite lock wait) of the trainer, whose calls move whole periods, "
+        "model versions and its state.",
+    )
+    trainer_retry_max_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="Longest wait between the trainer's retries after a failure (the store unreachable, a period "
+        "failing); the waits double from 1 s, with jitter, and it retries until it succeeds.",
+    )
+    trainer_stall_seconds: float = Field(
+        900.0,
+        gt=0,
+        description="The trainer counts as stalled (GET /healthz/trainer 503, asmg_trainer_healthy 0) after this "
+        "long without progress; set it above your longest period's training time.",
+    )
+    check_fraction: float = Field(
+        0.05,
+        ge=0,
+        lt=1,
+        description="Share of each period's newest events held back from training until the next period, to "
+        "check the published generated model against IU's on events neither learnt from; 0 turns the check off.",
+    )
+    check_tolerance: float = Field(
+        0.1,
+        ge=0,
+        description="The check publishes IU instead of a generated model whose LogLoss on the held-back events "
+        "exceeds IU's by more than this fraction.",
+    )
+    history_users: int = Field(
+        1_000_000,
+        ge=1,
+        description="Users whose latest clicks the trainer keeps for training histories; beyond it the user who "
+        "clicked least recently is forgotten. Bounds the trainer's state.",
+    )
     keep_versions: int = Field(10, ge=2, description="Model versions kept in the registry.")
     keep_log_periods: int = Field(
         0,
@@ -123,6 +174,11 @@ class Settings(BaseSettings):
     def _known_method(cls, value: str) -> str:
         if value not in METHODS:
             raise ValueError(f"unknown method {value!r}; known: {', '.join(METHODS)}")
+        if value in UNBOUNDED_METHODS:
+            raise ValueError(
+                f"{value} keeps every period's model and data, so the trainer's state grows without bound; "
+                "it is for `asmg replay`, not the service"
+            )
         return value
 
     @field_validator("rollover_cron")

@@ -2,10 +2,19 @@
 
 For every closed period, in order, exactly once: read its log, score the
 model that served it (progressive validation), run the update method, apply
-the quality gate, and publish the result together with the trainer state the
-next period needs (one atomic ``commit_period``). A restarted trainer resumes
-from the store; two trainers never publish the same period (a lease, and
-``commit_period`` refusing anything but the next period).
+the quality gate and the held-back check, and publish the result together with
+the trainer state the next period needs (one atomic ``commit_period``). A
+restarted trainer resumes from the store; two trainers never publish the same
+period (a lease, and ``commit_period`` refusing anything but the next period).
+
+The loop survives its dependencies: any failure (the store unreachable or
+stalled, a period that fails) drops the in-memory state, which is reloaded
+from the store, and the period is tried again after a capped exponential
+backoff with jitter. Since progress moves only with a commit, a retried
+period is trained once. ``run_supervised`` restarts the loop should it die
+anyway. The trainer's status record (state, heartbeat, failures, last
+success) tells every API replica whether it makes progress
+(:mod:`trainer.health`).
 """
 
 from __future__ import annotations
@@ -19,16 +28,19 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
 from trainer.config import ModelConfig
-from trainer.features import Examples, ItemRef, encode_stream
+from trainer.features import Examples, ItemRef, concat_examples, encode_stream
+from trainer.health import HEARTBEAT_SECONDS
 from trainer.history import HistoryBuilder
 from trainer.learner import BaseLearner
 from trainer.model import Params, checkpoint_bytes, load_checkpoint, score
+from trainer.retry import Backoff
 from trainer.settings import Settings
 from trainer.store.base import EmptyPeriod, NewVersion, Store, StoreError, VersionInfo
 from trainer.updaters import Updater, make_updater
@@ -36,11 +48,21 @@ from trainer.updaters.asmg import Asmg
 
 log = logging.getLogger("asmg.trainer")
 
-PHASES = ("read", "evaluate", "gate", "update", "publish")
+PHASES = ("read", "evaluate", "gate", "update", "check", "publish")
+TRAINER_STATES = ("idle", "training", "retrying")
+RETRY_BASE_SECONDS = 1.0  # the first wait after a failure; doubled per failure up to ASMG_TRAINER_RETRY_MAX_SECONDS
 
 
 class ModelLoadError(RuntimeError):
     """A version's weights are missing, corrupt, or do not fit this service's model."""
+
+
+class NonFiniteWeights(ModelLoadError):
+    """Weights holding NaN or infinity: never published, never served."""
+
+
+def all_finite(params: Params) -> bool:
+    return all(bool(torch.isfinite(value).all()) for value in params.values())
 
 
 def new_version(
@@ -51,6 +73,8 @@ def new_version(
     metrics: dict[str, float] | None = None,
     note: str = "",
 ) -> NewVersion:
+    if not all_finite(params):
+        raise NonFiniteWeights(f"refusing to publish weights with NaN or infinity (trained through {trained_through})")
     blob = checkpoint_bytes(config, params, {"trained_through": trained_through, "method": method})
     finite = {k: float(v) for k, v in (metrics or {}).items() if math.isfinite(v)}
     return NewVersion(blob, hashlib.sha256(blob).hexdigest(), trained_through, method, finite, note)
@@ -68,6 +92,8 @@ def verified_params(info: VersionInfo, blob: bytes | None, config: ModelConfig) 
         raise ModelLoadError(f"version {info.version}: unreadable checkpoint ({exc})") from exc
     if stored != config:
         raise ModelLoadError(f"version {info.version}: model shape {stored} differs from the configured {config}")
+    if not all_finite(params):
+        raise NonFiniteWeights(f"version {info.version}: the weights hold NaN or infinity")
     return params
 
 
@@ -106,9 +132,19 @@ class PeriodReport:
     period: int
     version: int
     events: int
-    published: str  # "generated" or "iu"
+    published: str  # "generated" (the method's model), "iu", or "held" (the served weights again)
     metrics: dict[str, float]
     seconds: dict[str, float] = field(default_factory=dict)
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What a period publishes."""
+
+    published: str  # as PeriodReport.published
+    params: Params
+    method: str  # the version's method label
     note: str = ""
 
 
@@ -124,6 +160,12 @@ class PeriodTrainer:
         self.updater: Updater
         self.history: HistoryBuilder[ItemRef]
         self.seq = 0
+        # the newest events of the last trained period, held back to check its model; trained with the next
+        self.carried: Examples | None = None
+        self.state_bytes = 0
+        self.status: dict[str, Any] | None = None  # the status record as this trainer last wrote it
+        self._next_heartbeat = 0.0
+        self._initial_checked = False
 
     # -- state --------------------------------------------------------------------
 
@@ -148,8 +190,10 @@ class PeriodTrainer:
     def _load(self) -> None:
         through, blob = self.store.trainer_progress()
         self.updater = self._fresh_updater()
-        self.history = HistoryBuilder(self.config.history_length)
+        self.history = HistoryBuilder(self.config.history_length, self.settings.history_users)
         self.seq = 0
+        self.carried = None
+        self.state_bytes = len(blob) if blob is not None else 0
         if blob is not None:
             state = torch.load(io.BytesIO(blob), weights_only=True)
             if state["method"] != self.settings.method:
@@ -160,6 +204,8 @@ class PeriodTrainer:
             self.updater.load_state_dict(state["updater"])
             self.history.load_state_dict(state["history"])
             self.seq = int(state["seq"])
+            carried = state.get("carried")
+            self.carried = Examples.from_dict(carried) if carried is not None else None
         self.through = through
 
     def _state_bytes(self) -> bytes:
@@ -169,11 +215,61 @@ class PeriodTrainer:
             "updater": self.updater.state_dict(),
             "history": self.history.state_dict(),
             "seq": self.seq,
+            "carried": self.carried.to_dict() if self.carried is not None else None,
         }
         torch.save(state, buffer)
         return buffer.getvalue()
 
+    # -- status -------------------------------------------------------------------
+
+    def _write_status(self, **fields: Any) -> None:
+        """Update this trainer's status record. The heartbeat moves only with progress: an idle
+        round, a commit, or a phase of a period while no failed round is outstanding (a period
+        failing over and over runs its first phases each time, and must not look alive)."""
+        if self.status is None:  # carry over what an earlier trainer recorded (its last period)
+            self.status = {k: v for k, v in self.store.trainer_status().items() if k in ("last_period", "last_success")}
+        now = time.time()
+        self.status.update(owner=self.owner, updated=now, **fields)
+        if not self.status.get("consecutive_failures"):
+            self.status["heartbeat"] = now
+            self._next_heartbeat = time.monotonic() + HEARTBEAT_SECONDS
+        self.store.set_trainer_status(self.status)
+
+    def record_failure(self, exc: BaseException, failures: int, retry_in: float) -> None:
+        """Note a failed round in the status record, if the store takes it; the heartbeat stays
+        where it was, so a trainer that keeps failing shows as not making progress."""
+        self.through = None  # the in-memory state may be half-updated: reload it from the store
+        if self.status is None:
+            return  # never held the lease: the record is another trainer's
+        self.status.update(
+            state="retrying",
+            consecutive_failures=failures,
+            last_error=f"{type(exc).__name__}: {exc}"[:1000],
+            last_failure=time.time(),
+            retry_in=round(retry_in, 3),
+        )
+        try:
+            self.store.set_trainer_status(self.status)
+        except Exception as write_error:  # the store is what failed, most likely
+            log.debug("could not record the failure: %s", write_error)
+
     # -- the loop -----------------------------------------------------------------
+
+    def run_once(self) -> list[PeriodReport]:
+        """One round of the loop: hold the lease (or stand by while another trainer holds it),
+        publish the initial model if the registry is empty, train every waiting period."""
+        if not self.store.acquire_lease(self.owner, self.settings.lease_seconds):
+            return []
+        if not self._initial_checked:
+            ensure_initial_model(self.store, self.settings)
+            self._initial_checked = True
+        reports = self.train_pending()
+        if reports or self.status is None or self.status.get("state") != "idle" or self._heartbeat_due():
+            self._write_status(state="idle", period=None, consecutive_failures=0, retry_in=None)
+        return reports
+
+    def _heartbeat_due(self) -> bool:
+        return time.monotonic() >= self._next_heartbeat
 
     def pending(self) -> int:
         """Closed periods not yet trained."""
@@ -199,12 +295,8 @@ class PeriodTrainer:
                 raise
         return reports
 
-    def _status(self, **fields: Any) -> None:
-        self.store.set_trainer_status({"owner": self.owner, "updated": time.time(), **fields})
-
     def train_period(self, period: int) -> PeriodReport:
         seconds: dict[str, float] = {}
-        last_report = self.store.trainer_status().get("last_period")
         started = time.perf_counter()
 
         def phase(name: str) -> None:
@@ -212,8 +304,10 @@ class PeriodTrainer:
             now = time.perf_counter()
             seconds[name] = now - started
             started = now
+            self.renew_lease()
+            self._write_status(state="training", period=period, phase=name)
 
-        self._status(state="training", period=period, last_period=last_report)
+        self._write_status(state="training", period=period, phase=None)
         events = self.store.read_period(period)
         examples = encode_stream(
             [(e.user_id, e.item_id, e.categories, e.label) for e in events], self.config, self.history, self.seq
@@ -237,28 +331,34 @@ class PeriodTrainer:
         generated_won = self._generator_won(examples, metrics, n_layers)
         phase("gate")
 
-        serving = self.updater.update(examples)
+        fit, held = self._split(examples)
+        serving = self.updater.update(fit)
         iu_params = self.updater.learner.params()
         phase("update")
 
-        published, note = self._choose(generated_won, metrics)
+        choice = self._choose(generated_won, serving, iu_params, held, metrics)
+        phase("check")
 
-        version = new_version(
-            self.config,
-            serving if published == "generated" else iu_params,
-            period,
-            self.settings.method if published == "generated" else "iu",
-            metrics,
-            note,
-        )
+        version = new_version(self.config, choice.params, period, choice.method, metrics, choice.note)
         self.renew_lease()
-        info = self.store.commit_period(version, self._state_bytes(), self.settings.keep_versions)
+        state = self._state_bytes()
+        info = self.store.commit_period(version, state, self.settings.keep_versions)
         self.through = period
-        phase("publish")
+        self.state_bytes = len(state)
+        seconds["publish"] = time.perf_counter() - started
         self._drop_old_logs(period)
 
-        report = PeriodReport(period, info.version, len(events), published, info.metrics, seconds, note)
-        self._status(state="idle", period=None, last_period=report_dict(report))
+        report = PeriodReport(period, info.version, len(events), choice.published, info.metrics, seconds, choice.note)
+        self._write_status(
+            state="idle",
+            period=None,
+            phase=None,
+            consecutive_failures=0,
+            last_period=report_dict(report),
+            last_success=time.time(),
+            state_bytes=self.state_bytes,
+            history_users=len(self.history),
+        )
         log.info(
             "period %d: %d events, served v%s AUC %.4f; published v%d (%s)%s",
             period,
@@ -266,10 +366,24 @@ class PeriodTrainer:
             served,
             metrics.get("pv_auc", float("nan")),
             info.version,
-            published,
-            f": {note}" if note else "",
+            choice.published,
+            f": {choice.note}" if choice.note else "",
         )
         return report
+
+    def _split(self, examples: Examples) -> tuple[Examples, Examples | None]:
+        """What the update trains on now, and the newest events held back to check the
+        generated model against IU's on data neither trained on (ASMG only; they are
+        trained on with the next period, so no event is lost to the check)."""
+        carried = self.carried
+        held = None
+        n_held = int(len(examples) * self.settings.check_fraction) if isinstance(self.updater, Asmg) else 0
+        if n_held:
+            cut = len(examples) - n_held
+            held = examples.select(torch.arange(cut, len(examples)))
+            examples = examples.select(torch.arange(cut))
+        self.carried = held
+        return (concat_examples([carried, examples]) if carried is not None else examples), held
 
     def _drop_old_logs(self, trained: int) -> None:
         """Delete the logs of trained periods beyond ``ASMG_KEEP_LOG_PERIODS``: the
@@ -296,22 +410,78 @@ class PeriodTrainer:
         metrics["gate_iu_auc"], _ = score(self.updater.learner.params(), examples, n_layers)
         return bool(metrics["gate_generated_auc"] >= metrics["gate_iu_auc"])
 
-    def _choose(self, generated_won: bool | None, metrics: dict[str, float]) -> tuple[str, str]:
-        """Publish the method's model, unless it is IU anyway or lost to IU."""
+    def _choose(
+        self,
+        generated_won: bool | None,
+        serving: Params,
+        iu_params: Params,
+        held: Examples | None,
+        metrics: dict[str, float],
+    ) -> Choice:
+        """Publish the method's model unless it is IU anyway, lost the gate, fails the
+        held-back check or is broken; IU's then, or the served weights again if IU's are broken too."""
+        method = self.settings.method
         if not isinstance(self.updater, Asmg):
-            return "generated", ""
+            return self._finite_or_held(Choice("generated", serving, method), metrics)
+        iu = Choice("iu", iu_params, "iu")
         if not self.updater.generating:
-            return "iu", "meta generator warming up: IU"
-        if not self.settings.quality_gate:
-            return "generated", ""
-        if generated_won is None:
-            return "iu", "quality gate: no evidence yet (first generated model); published IU"
-        if not generated_won:
-            return "iu", (
-                f"quality gate: on this period the generated model's AUC {metrics['gate_generated_auc']:.4f} "
-                f"was below IU's {metrics['gate_iu_auc']:.4f}; published IU"
+            choice = replace(iu, note="meta generator warming up: IU")
+        elif not self.settings.quality_gate:
+            choice = Choice("generated", serving, method)
+        elif generated_won is None:
+            choice = replace(iu, note="quality gate: no evidence yet (first generated model); published IU")
+        elif not generated_won:
+            choice = replace(
+                iu,
+                note=f"quality gate: on this period the generated model's AUC {metrics['gate_generated_auc']:.4f} "
+                f"was below IU's {metrics['gate_iu_auc']:.4f}; published IU",
             )
-        return "generated", ""
+        else:
+            choice = Choice("generated", serving, method)
+        if choice.published == "generated":
+            refusal = self._check(serving, iu_params, held, metrics)
+            if refusal:
+                choice = replace(iu, note=f"{refusal}; published IU")
+        return self._finite_or_held(choice, metrics)
+
+    def _check(self, generated: Params, iu_params: Params, held: Examples | None, metrics: dict[str, float]) -> str:
+        """Why the generated model must not be served ("" if it may): it is not finite, or on
+        the held-back events its LogLoss exceeds IU's by more than ``ASMG_CHECK_TOLERANCE``."""
+        if not all_finite(generated):
+            return "check: the generated weights hold NaN or infinity"
+        if held is None or not len(held):
+            return ""
+        n_layers = self.config.n_layers
+        _, generated_loss = score(generated, held, n_layers)
+        _, iu_loss = score(iu_params, held, n_layers)
+        metrics.update(check_events=float(len(held)), check_generated_logloss=generated_loss, check_iu_logloss=iu_loss)
+        limit = iu_loss * (1 + self.settings.check_tolerance)
+        if not generated_loss <= limit:  # NaN fails too
+            return (
+                f"check: on the {len(held)} held-back events the generated model's LogLoss {generated_loss:.4f} "
+                f"exceeds IU's {iu_loss:.4f} by more than {self.settings.check_tolerance:.0%}"
+            )
+        return ""
+
+    def _finite_or_held(self, choice: Choice, metrics: dict[str, float]) -> Choice:
+        """``choice`` if its weights are finite, else the served version's weights again."""
+        if all_finite(choice.params):
+            return choice
+        served = self.store.pointer().version
+        if served is None:
+            raise NonFiniteWeights(
+                f"the {choice.published} model's weights hold NaN or infinity, and nothing is served"
+            )
+        info, params = load_version(self.store, served, self.config)
+        log.error(
+            "the %s model's weights hold NaN or infinity; publishing version %d's again", choice.published, served
+        )
+        return Choice(
+            "held",
+            params,
+            info.method,
+            f"held back: the {choice.published} model's weights hold NaN or infinity; republished v{served}'s weights",
+        )
 
     def renew_lease(self) -> None:
         if not self.store.acquire_lease(self.owner, self.settings.lease_seconds):
@@ -359,21 +529,50 @@ def lower_priority(settings: Settings) -> None:
 
 
 def run_trainer(store: Store, settings: Settings, stop: threading.Event, trainer: PeriodTrainer | None = None) -> None:
-    """Train closed periods as they appear until ``stop`` is set; survive errors."""
+    """Train closed periods as they appear until ``stop`` is set. Every failure is retried
+    after a capped exponential backoff with jitter; the loop itself never gives up."""
     trainer = trainer or PeriodTrainer(store, settings)
-    backoff = settings.trainer_poll_seconds
+    backoff = Backoff(RETRY_BASE_SECONDS, settings.trainer_retry_max_seconds)
     try:
         while not stop.is_set():
             try:
-                trainer.train_pending()
-                backoff = settings.trainer_poll_seconds
-            except Exception as exc:  # keep the loop alive; the period is retried
-                log.exception("training failed; retrying in %.0f s", backoff)
-                status = {**store.trainer_status(), "state": "error", "error": str(exc), "updated": time.time()}
-                store.set_trainer_status(status)
-                stop.wait(backoff)
-                backoff = min(backoff * 2, 60.0)
+                trainer.run_once()
+            except Exception as exc:
+                delay = backoff.next_delay()
+                log.error("trainer round failed (%d in a row): %s; retrying in %.1f s", backoff.failures, exc, delay)
+                log.debug("the failure", exc_info=True)
+                trainer.record_failure(exc, backoff.failures, delay)
+                stop.wait(delay)
                 continue
+            backoff.reset()
             stop.wait(settings.trainer_poll_seconds)
     finally:
-        store.release_lease(trainer.owner)
+        try:
+            store.release_lease(trainer.owner)
+        except Exception as exc:  # it lapses by itself
+            log.warning("could not release the trainer lease: %s", exc)
+
+
+def run_supervised(
+    store: Store,
+    settings: Settings,
+    stop: threading.Event,
+    trainer: PeriodTrainer,
+    on_restart: Callable[[], None] | None = None,
+) -> None:
+    """:func:`run_trainer`, started again (after a backoff) whenever it ends before ``stop``
+    is set: the in-process trainer outlives whatever escapes the loop's own handling."""
+    backoff = Backoff(RETRY_BASE_SECONDS, settings.trainer_retry_max_seconds)
+    while not stop.is_set():
+        try:
+            run_trainer(store, settings, stop, trainer)
+        except BaseException:  # a thread's last word; it is logged and the loop starts again
+            log.exception("the trainer loop died")
+        if stop.is_set():
+            return
+        trainer.through = None
+        delay = backoff.next_delay()
+        log.error("restarting the trainer loop in %.1f s", delay)
+        if on_restart is not None:
+            on_restart()
+        stop.wait(delay)

@@ -39,8 +39,10 @@ __all__ = [
 ]
 
 
-def open_store(settings: Settings) -> Store:
-    """Redis when ``ASMG_REDIS_URL`` is set, else the embedded SQLite store in ``ASMG_STATE_DIR``."""
+def open_store(settings: Settings, *, for_trainer: bool = False) -> Store:
+    """Redis when ``ASMG_REDIS_URL`` is set, else the embedded SQLite store in ``ASMG_STATE_DIR``;
+    with the API's wait limit (``ASMG_STORE_TIMEOUT_SECONDS``), or the trainer's."""
+    timeout = settings.trainer_store_timeout_seconds if for_trainer else settings.store_timeout_seconds
     if settings.redis_url:
-        return RedisStore(settings.redis_url, settings.key_prefix)
-    return LocalStore(settings.state_dir)
+        return RedisStore(settings.redis_url, settings.key_prefix, timeout)
+    return LocalStore(settings.state_dir, timeout)

@@ -14,6 +14,7 @@ publishes (``commit_period``).
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -130,10 +131,18 @@ class Store(ABC):
         ``history_length`` clicks.
         """
 
+    async def append_async(self, events: Sequence[Interaction], history_length: int) -> int:
+        """:meth:`append` for the API's event loop, which it never blocks."""
+        return await asyncio.to_thread(self.append, events, history_length)
+
     @abstractmethod
     def rollover(self) -> int:
         """Close the open period and return its number; raise
         :class:`EmptyPeriod` (and change nothing) when it holds no events."""
+
+    @abstractmethod
+    def period_started(self) -> float | None:
+        """When the open period was opened (seconds since the epoch), None before the first rollover."""
 
     @abstractmethod
     def period_size(self, period: int) -> int:
@@ -153,6 +162,10 @@ class Store(ABC):
     @abstractmethod
     def recent_clicks(self, user_id: str, limit: int) -> list[Click]:
         """The user's latest ``limit`` positives, oldest first."""
+
+    async def recent_clicks_async(self, user_id: str, limit: int) -> list[Click]:
+        """:meth:`recent_clicks` for the API's event loop, which it never blocks."""
+        return await asyncio.to_thread(self.recent_clicks, user_id, limit)
 
     # -- the model registry -------------------------------------------------------
 
@@ -212,7 +225,8 @@ class Store(ABC):
 
     @abstractmethod
     def acquire_lease(self, owner: str, seconds: float) -> bool:
-        """Take or renew the trainer lease; False while another owner holds it."""
+        """Take or renew the trainer lease; False while another owner holds it (until it lapses
+        or is released; a store may also know sooner that its holder is gone)."""
 
     @abstractmethod
     def release_lease(self, owner: str) -> None:
@@ -234,3 +248,6 @@ class Store(ABC):
 
     @abstractmethod
     def close(self) -> None: ...
+
+    async def aclose(self) -> None:  # noqa: B027 - nothing to close unless a store opens async resources
+        """Close what the ``*_async`` methods opened, from the event loop that used them."""

@@ -7,18 +7,31 @@ a lock upgrade), and WAL lets readers go on while one writes.
 ``synchronous=FULL`` makes a committed ``append`` survive a power cut, which is
 what a 2xx from the API promises.
 
-Tables: ``kv`` holds the scalars (open period, version counter, pointer, swap
-counter, trainer progress/state/status, lease), ``events`` the log with the
-recent-click lists as a query over it, ``models`` the registry.
+Tables: ``kv`` holds the scalars (open period and its start, version counter,
+pointer, swap counter, trainer progress/status, lease), ``events`` the log with
+the recent-click lists as a query over it, ``models`` the registry,
+``trainer_state`` the trainer state in chunks (SQLite caps a value at 1 GB).
+
+A lock wait is bounded by ``busy_seconds`` (``ASMG_STORE_TIMEOUT_SECONDS`` for
+an API process, ``ASMG_TRAINER_STORE_TIMEOUT_SECONDS`` for the trainer): past
+it a request's write fails whole ("database is locked") and the API answers
+503. The API's appends go through one writer thread per process, off the event
+loop. The trainer lease is mirrored by an OS lock on ``trainer.lock`` that the
+kernel releases when the holder's process dies, so a restarted trainer does
+not wait out its predecessor's lease.
 """
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
 import json
+import os
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -36,8 +49,10 @@ from trainer.store.base import (
     VersionInfo,
 )
 
-BUSY_SECONDS = 30.0  # how long a statement waits for another writer before failing
+BUSY_SECONDS = 30.0  # how long opening the store waits for another process setting it up
 SWAP_POLL_SECONDS = 0.05
+STATE_CHUNK_BYTES = 256 << 20  # the trainer state is stored in blobs of at most this size
+DROP_SLICE = 20_000  # log rows (by sequence number) one transaction of drop_logs covers
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
@@ -53,16 +68,18 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_by_period ON events (period, seq);
 CREATE INDEX IF NOT EXISTS events_by_user ON events (user_id, label, seq);
 CREATE TABLE IF NOT EXISTS models (version INTEGER PRIMARY KEY, meta TEXT NOT NULL, weights BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS trainer_state (chunk INTEGER PRIMARY KEY, data BLOB NOT NULL);
 """
 
 # kv keys
 _PERIOD = "period"
+_PERIOD_OPENED = "period.opened"
 _LAST_VERSION = "version.last"
 _POINTER_VERSION = "pointer.version"
 _POINTER_PINNED = "pointer.pinned"
 _SWAPS = "swaps"
 _THROUGH = "trainer.through"
-_STATE = "trainer.state"
+_STATE = "trainer.state"  # where a store made before trainer_state held the whole state
 _STATUS = "trainer.status"
 _LEASE_OWNER = "lease.owner"
 _LEASE_EXPIRES = "lease.expires"
@@ -70,9 +87,13 @@ _DROPPED = "logs.dropped"
 
 
 class LocalStore(Store):
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, busy_seconds: float = BUSY_SECONDS) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / "store.sqlite3"
+        self.busy_seconds = busy_seconds
+        self._lock_path = directory / "trainer.lock"
+        self._lock_fd: int | None = None  # open, and locked, while an owner using this object holds the lease
+        self._writer: ThreadPoolExecutor | None = None
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._connections_lock = threading.Lock()
@@ -108,8 +129,8 @@ class LocalStore(Store):
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
             # check_same_thread=False only so close() can close every thread's connection
-            conn = sqlite3.connect(self.path, timeout=BUSY_SECONDS, isolation_level=None, check_same_thread=False)
-            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_SECONDS * 1000)}")
+            conn = sqlite3.connect(self.path, timeout=self.busy_seconds, isolation_level=None, check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_seconds * 1000)}")
             conn.execute("PRAGMA synchronous = FULL")
             with self._connections_lock:
                 self._connections.append(conn)
@@ -171,13 +192,24 @@ class LocalStore(Store):
             )
         return period
 
+    async def append_async(self, events: Sequence[Interaction], history_length: int) -> int:
+        # one writer thread: appends queue in order instead of contending for SQLite's lock
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-append")
+        return await asyncio.get_running_loop().run_in_executor(self._writer, self.append, events, history_length)
+
     def rollover(self) -> int:
         with self._write() as conn:
             period = int(self._get(conn, _PERIOD, 1))
             if conn.execute("SELECT 1 FROM events WHERE period = ? LIMIT 1", (period,)).fetchone() is None:
                 raise EmptyPeriod(f"period {period} holds no events")
             self._set(conn, _PERIOD, period + 1)
+            self._set(conn, _PERIOD_OPENED, time.time())
         return period
+
+    def period_started(self) -> float | None:
+        opened = self._read(_PERIOD_OPENED).get(_PERIOD_OPENED)
+        return None if opened is None else float(opened)
 
     def period_size(self, period: int) -> int:
         self._check_kept(period)
@@ -189,24 +221,37 @@ class LocalStore(Store):
             raise DroppedPeriod(f"period {period}'s log was deleted (kept from period {dropped + 1} on)")
 
     def drop_logs(self, through: int, history_length: int) -> int:
-        with self._write() as conn:
-            trained = int(self._get(conn, _THROUGH, 0))
-            if through > trained:
-                raise StoreError(f"refusing to drop the logs through period {through}: trained through {trained}")
-            dropped = int(self._get(conn, _DROPPED, 0))
-            if through <= dropped:
-                return 0
-            periods = conn.execute(
-                "SELECT COUNT(DISTINCT period) FROM events WHERE period > ? AND period <= ?", (dropped, through)
-            ).fetchone()[0]
-            # the recent-click lists are a query over the log: each user's newest positives stay
-            conn.execute(
-                "DELETE FROM events WHERE period > ? AND period <= ? AND seq NOT IN ("
-                " SELECT seq FROM (SELECT seq, ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY seq DESC) AS newest"
-                " FROM events WHERE label = 1) WHERE newest <= ?)",
-                (dropped, through, history_length),
+        # read, not written: the write lock is taken slice by slice below
+        values = self._read(_THROUGH, _DROPPED)
+        trained, dropped = int(values.get(_THROUGH, 0)), int(values.get(_DROPPED, 0))
+        if through > trained:
+            raise StoreError(f"refusing to drop the logs through period {through}: trained through {trained}")
+        if through <= dropped:
+            return 0
+        periods, first, last = (
+            self._conn()
+            .execute(
+                "SELECT COUNT(DISTINCT period), MIN(seq), MAX(seq) FROM events WHERE period > ? AND period <= ?",
+                (dropped, through),
             )
-            self._set(conn, _DROPPED, through)
+            .fetchone()
+        )
+        # in slices of the log, a transaction each, so that appends wait for one slice at most; a
+        # drop cut short (the process killed) is redone whole by the next, since the mark moves last
+        for start in range(first or 0, (last or -1) + 1, DROP_SLICE):
+            with self._write() as conn:
+                # the recent-click lists are a query over the log: each user's newest positives stay
+                conn.execute(
+                    "DELETE FROM events WHERE seq >= ? AND seq < ? AND period > ? AND period <= ? AND seq NOT IN ("
+                    " SELECT seq FROM (SELECT seq,"
+                    "  ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY seq DESC) AS newest"
+                    "  FROM events WHERE label = 1 AND user_id IN ("
+                    "   SELECT user_id FROM events WHERE seq >= ? AND seq < ? AND label = 1))"
+                    " WHERE newest <= ?)",
+                    (start, start + DROP_SLICE, dropped, through, start, start + DROP_SLICE, history_length),
+                )
+        with self._write() as conn:
+            self._set(conn, _DROPPED, max(through, int(self._get(conn, _DROPPED, 0))))
         return int(periods)
 
     def read_period(self, period: int) -> list[Interaction]:
@@ -258,7 +303,16 @@ class LocalStore(Store):
             info = _info(version, int(self._get(conn, _LAST_VERSION, 0)) + 1)
             self._insert_version(conn, info, version.weights)
             self._set(conn, _THROUGH, version.trained_through)
-            self._set(conn, _STATE, trainer_state)
+            conn.execute("DELETE FROM trainer_state")
+            conn.execute("DELETE FROM kv WHERE key = ?", (_STATE,))
+            view = memoryview(trainer_state)
+            conn.executemany(
+                "INSERT INTO trainer_state (chunk, data) VALUES (?, ?)",
+                (
+                    (i, view[at : at + STATE_CHUNK_BYTES])
+                    for i, at in enumerate(range(0, max(len(view), 1), STATE_CHUNK_BYTES))
+                ),
+            )
             if not self._get(conn, _POINTER_PINNED, 0):
                 self._set(conn, _POINTER_VERSION, info.version)
                 self._set(conn, _POINTER_PINNED, 0)
@@ -328,8 +382,14 @@ class LocalStore(Store):
     # -- the trainer --------------------------------------------------------------
 
     def trainer_progress(self) -> tuple[int, bytes | None]:
-        values = self._read(_THROUGH, _STATE)
-        state = values.get(_STATE)
+        conn = self._conn()
+        conn.execute("BEGIN")  # one snapshot of progress and state
+        try:
+            values = self._read(_THROUGH, _STATE)
+            chunks = [bytes(data) for (data,) in conn.execute("SELECT data FROM trainer_state ORDER BY chunk")]
+        finally:
+            conn.execute("COMMIT")
+        state = b"".join(chunks) if chunks else values.get(_STATE)
         return int(values.get(_THROUGH, 0)), (None if state is None else bytes(state))
 
     def trained_through(self) -> int:
@@ -339,16 +399,42 @@ class LocalStore(Store):
         with self._write() as conn:
             now = time.time()
             holder = self._get(conn, _LEASE_OWNER)
-            if holder is not None and holder != owner and float(self._get(conn, _LEASE_EXPIRES, 0.0)) > now:
+            held = holder is not None and holder != owner and float(self._get(conn, _LEASE_EXPIRES, 0.0)) > now
+            if held and not self._holder_gone():
                 return False
             self._set(conn, _LEASE_OWNER, owner)
             self._set(conn, _LEASE_EXPIRES, now + seconds)
+            self._lock_process()
         return True
+
+    def _holder_gone(self) -> bool:
+        """Whether the lease holder's process has died: no process holds ``trainer.lock``.
+        (A holder using this very object is alive; its lock is this object's.)"""
+        return self._lock_fd is None and self._lock_process()
+
+    def _lock_process(self) -> bool:
+        """Hold ``trainer.lock`` for this object; False if another process (or store object) holds it."""
+        if self._lock_fd is not None:
+            return True
+        fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        self._lock_fd = fd
+        return True
+
+    def _unlock_process(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases its lock
+            self._lock_fd = None
 
     def release_lease(self, owner: str) -> None:
         with self._write() as conn:
             if self._get(conn, _LEASE_OWNER) == owner:
                 conn.execute("DELETE FROM kv WHERE key IN (?, ?)", (_LEASE_OWNER, _LEASE_EXPIRES))
+                self._unlock_process()
 
     def set_trainer_status(self, status: dict[str, Any]) -> None:
         with self._write() as conn:
@@ -369,6 +455,9 @@ class LocalStore(Store):
 
     def close(self) -> None:
         self._closed = True
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+        self._unlock_process()
         with self._connections_lock:
             connections, self._connections = self._connections, []
         for conn in connections:

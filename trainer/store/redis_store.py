@@ -4,6 +4,8 @@ Every key lives under ``{prefix}:``:
 
 ==============================  ======================================================================
 ``{prefix}:period``             the open period (absent means 1)
+``{prefix}:period:opened``      when the open period was opened, seconds since the epoch by the server's
+                                clock (absent before the first rollover)
 ``{prefix}:log:{period}``       a stream per period; fields ``user``, ``item``, ``cats`` (JSON list),
                                 ``label`` (0/1) and ``ts`` (float text)
 ``{prefix}:logs:dropped``       the last period whose log was deleted (absent means 0)
@@ -15,7 +17,10 @@ Every key lives under ``{prefix}:``:
 ``{prefix}:models``             sorted set of the kept version numbers (score = number)
 ``{prefix}:pointer``            hash: ``version`` (absent before the first version), ``pinned`` (0/1)
 ``{prefix}:trainer:through``    the last period committed (absent means 0)
-``{prefix}:trainer:state``      the trainer state blob
+``{prefix}:trainer:state``      the trainer state blob, or its first chunk
+``{prefix}:trainer:state:{i}``  its chunk ``i`` (from 1) when it is over ``STATE_CHUNK_BYTES``: Redis
+                                caps one value at 512 MB
+``{prefix}:trainer:state:chunks``  how many chunks the state has (absent means 1)
 ``{prefix}:trainer:lease``      the trainer lease; value = owner, expiry = the lease
 ``{prefix}:trainer:status``     JSON status record
 ``{prefix}:swaps``              pub/sub channel; the new pointer's version is published on every change
@@ -26,6 +31,16 @@ another: ``append`` and ``rollover`` never interleave, and ``commit_period``
 publishes a version, advances the trainer and moves the pointer in one step.
 The scripts derive the per-period and per-user keys from the prefix, so the
 layout suits one Redis (or a primary with replicas), not Redis Cluster.
+
+Every command has a timeout (``socket_timeout``): ``ASMG_STORE_TIMEOUT_SECONDS``
+for an API process, ``ASMG_TRAINER_STORE_TIMEOUT_SECONDS`` for the trainer, so
+a stalled server (alive but not answering) fails a call instead of hanging
+it. A command is retried once, after a short backoff, only when its
+connection failed (a server restart leaves every pooled connection dead), never
+after a timeout: a timed-out ``append`` may have reached the server, and
+running it twice would log its events twice. The API's two request-path calls
+(``append_async``, ``recent_clicks_async``) go through an asyncio client, so a
+slow store holds up only the requests that wait for it, never the event loop.
 """
 
 from __future__ import annotations
@@ -38,8 +53,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis
+import redis.asyncio
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialWithJitterBackoff
 from redis.client import PubSub
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.retry import Retry
 
 from trainer.store.base import (
     Click,
@@ -56,6 +76,7 @@ from trainer.store.base import (
 
 READ_CHUNK = 10_000  # stream entries per XRANGE reply
 SUBSCRIBE_SECONDS = 5.0  # how long the first wait_for_swap may wait for its subscription to be confirmed
+STATE_CHUNK_BYTES = 128 << 20  # the trainer state is stored in values of at most this size
 
 # KEYS: period. ARGV: prefix, history_length, then per event: user, item, cats, label, ts, click ("" if negative).
 _APPEND = """
@@ -81,6 +102,8 @@ if redis.call('XLEN', ARGV[1] .. ':log:' .. period) == 0 then
   return -period
 end
 redis.call('SET', KEYS[1], period + 1)
+local now = redis.call('TIME')
+redis.call('SET', KEYS[1] .. ':opened', now[1] .. '.' .. string.format('%06d', tonumber(now[2])))
 return period
 """
 
@@ -118,8 +141,8 @@ redis.call('PUBLISH', ARGV[4], 1)
 return 1
 """
 
-# KEYS: trainer:through, trainer:state, version:last, models, pointer.
-# ARGV: prefix, trained_through, meta tail, weights, trainer state, keep, channel.
+# KEYS: trainer:through, trainer:state, version:last, models, pointer, trainer:state:chunks.
+# ARGV: prefix, trained_through, meta tail, weights, keep, channel, then the trainer state's chunks.
 # Returns {1, version} or {0, current trained_through}.
 _COMMIT = """
 local through = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -132,12 +155,25 @@ redis.call('SET', ARGV[1] .. ':model:' .. n .. ':weights', ARGV[4])
 redis.call('SET', ARGV[1] .. ':model:' .. n .. ':meta', '{"version": ' .. n .. ARGV[3])
 redis.call('ZADD', KEYS[4], n, n)
 redis.call('SET', KEYS[1], target)
-redis.call('SET', KEYS[2], ARGV[5])
+local chunks = #ARGV - 6
+local before = tonumber(redis.call('GET', KEYS[6]) or '1')
+redis.call('SET', KEYS[2], ARGV[7])
+for i = 1, chunks - 1 do
+  redis.call('SET', KEYS[2] .. ':' .. i, ARGV[7 + i])
+end
+for i = chunks, before - 1 do
+  redis.call('DEL', KEYS[2] .. ':' .. i)
+end
+if chunks > 1 then
+  redis.call('SET', KEYS[6], chunks)
+else
+  redis.call('DEL', KEYS[6])
+end
 if redis.call('HGET', KEYS[5], 'pinned') ~= '1' then
   redis.call('HSET', KEYS[5], 'version', n, 'pinned', 0)
 end
 local pointed = tonumber(redis.call('HGET', KEYS[5], 'version'))
-local excess = redis.call('ZCARD', KEYS[4]) - tonumber(ARGV[6])
+local excess = redis.call('ZCARD', KEYS[4]) - tonumber(ARGV[5])
 if excess > 0 then
   for _, old in ipairs(redis.call('ZRANGE', KEYS[4], 0, excess - 1)) do
     if tonumber(old) ~= pointed then
@@ -146,8 +182,20 @@ if excess > 0 then
     end
   end
 end
-redis.call('PUBLISH', ARGV[7], n)
+redis.call('PUBLISH', ARGV[6], n)
 return {1, n}
+"""
+
+# KEYS: trainer:through, trainer:state, trainer:state:chunks. Returns {through or false, chunks...}:
+# one snapshot, however many chunks the state has.
+_PROGRESS = """
+local out = {redis.call('GET', KEYS[1]) or false}
+local chunks = tonumber(redis.call('GET', KEYS[3]) or '1')
+out[2] = redis.call('GET', KEYS[2]) or false
+for i = 1, chunks - 1 do
+  out[2 + i] = redis.call('GET', KEYS[2] .. ':' .. i)
+end
+return out
 """
 
 # KEYS: models, pointer. ARGV: version, channel.
@@ -197,12 +245,33 @@ return 0
 """
 
 
+def _retry() -> Retry:
+    """One more try after a connection failure only (see the module docstring)."""
+    return Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=1, supported_errors=(RedisConnectionError,))
+
+
+def _async_retry() -> AsyncRetry:
+    return AsyncRetry(
+        ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=1, supported_errors=(RedisConnectionError,)
+    )
+
+
 class RedisStore(Store):
-    def __init__(self, url: str, prefix: str = "asmg") -> None:
+    def __init__(self, url: str, prefix: str = "asmg", timeout: float = 2.0) -> None:
         self.prefix = prefix
-        self._redis = redis.Redis.from_url(url, decode_responses=False, socket_connect_timeout=5.0)
+        self._url = url
+        self._timeout = timeout
+        self._redis = redis.Redis.from_url(
+            url,
+            decode_responses=False,
+            socket_timeout=timeout,
+            socket_connect_timeout=min(timeout, 5.0),
+            retry=_retry(),
+        )
+        self._async: redis.asyncio.Redis | None = None
         self._channel = self._key("swaps")
         self._append = self._redis.register_script(_APPEND)
+        self._progress = self._redis.register_script(_PROGRESS)
         self._rollover = self._redis.register_script(_ROLLOVER)
         self._drop_logs = self._redis.register_script(_DROP_LOGS)
         self._publish_initial = self._redis.register_script(_PUBLISH_INITIAL)
@@ -226,13 +295,49 @@ class RedisStore(Store):
     def append(self, events: Sequence[Interaction], history_length: int) -> int:
         if not events:
             return self.open_period()
+        period: Any = self._append(keys=[self._key("period")], args=self._append_args(events, history_length))
+        return int(period)
+
+    def _append_args(self, events: Sequence[Interaction], history_length: int) -> list[str | int]:
         args: list[str | int] = [self.prefix, history_length]
         for event in events:
             cats = json.dumps(list(event.categories))
             click = json.dumps([event.item_id, list(event.categories)]) if event.label == 1 else ""
             args += [event.user_id, event.item_id, cats, int(event.label), repr(float(event.timestamp)), click]
-        period: Any = self._append(keys=[self._key("period")], args=args)
+        return args
+
+    def _async_client(self) -> redis.asyncio.Redis:
+        """The request path's client, made on first use inside the event loop that uses it."""
+        if self._async is None:
+            self._async = redis.asyncio.Redis.from_url(
+                self._url,
+                decode_responses=False,
+                socket_timeout=self._timeout,
+                socket_connect_timeout=min(self._timeout, 5.0),
+                retry=_async_retry(),
+            )
+        return self._async
+
+    async def append_async(self, events: Sequence[Interaction], history_length: int) -> int:
+        if not events:
+            return await super().append_async(events, history_length)
+        client = self._async_client()
+        keys, args = [self._key("period")], self._append_args(events, history_length)
+        try:
+            period: Any = await client.evalsha(self._append.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:  # a restarted server has forgotten it
+            period = await client.eval(_APPEND, len(keys), *keys, *args)
         return int(period)
+
+    async def recent_clicks_async(self, user_id: str, limit: int) -> list[Click]:
+        if limit <= 0:
+            return []
+        raw: Any = await self._async_client().lrange(self._key("clicks", user_id), -limit, -1)
+        return _clicks(raw)
+
+    def period_started(self) -> float | None:
+        value: Any = self._redis.get(self._key("period", "opened"))
+        return None if value is None else float(value)
 
     def rollover(self) -> int:
         period = int(self._rollover(keys=[self._key("period")], args=[self.prefix]))
@@ -275,7 +380,7 @@ class RedisStore(Store):
         if limit <= 0:
             return []
         raw: Any = self._redis.lrange(self._key("clicks", user_id), -limit, -1)
-        return [Click(str(item), tuple(cats)) for item, cats in map(json.loads, raw)]
+        return _clicks(raw)
 
     # -- the model registry -------------------------------------------------------
 
@@ -297,16 +402,18 @@ class RedisStore(Store):
             self._key("version", "last"),
             self._key("models"),
             self._key("pointer"),
+            self._key("trainer", "state", "chunks"),
         ]
         args: list[str | int | bytes] = [
             self.prefix,
             version.trained_through,
             _meta_tail(info),
             version.weights,
-            trainer_state,
             keep,
             self._channel,
         ]
+        view = memoryview(trainer_state)
+        args += [bytes(view[i : i + STATE_CHUNK_BYTES]) for i in range(0, max(len(view), 1), STATE_CHUNK_BYTES)]
         ok, value = self._commit(keys=keys, args=args)
         if not int(ok):
             raise StoreError(
@@ -388,9 +495,11 @@ class RedisStore(Store):
     # -- the trainer --------------------------------------------------------------
 
     def trainer_progress(self) -> tuple[int, bytes | None]:
-        values: Any = self._redis.mget([self._key("trainer", "through"), self._key("trainer", "state")])
-        through, state = values
-        return (0 if through is None else int(through)), (None if state is None else bytes(state))
+        keys = [self._key("trainer", "through"), self._key("trainer", "state"), self._key("trainer", "state", "chunks")]
+        values: Any = self._progress(keys=keys)
+        through, *chunks = values
+        state = None if chunks[0] is None else b"".join(chunks)
+        return (0 if through is None else int(through)), state
 
     def trained_through(self) -> int:
         through: Any = self._redis.get(self._key("trainer", "through"))
@@ -423,6 +532,15 @@ class RedisStore(Store):
             self._drop_subscription()
         self._redis.close()
         self._redis.connection_pool.disconnect()
+
+    async def aclose(self) -> None:
+        if self._async is not None:
+            await self._async.aclose()
+            self._async = None
+
+
+def _clicks(raw: list[bytes]) -> list[Click]:
+    return [Click(str(item), tuple(cats)) for item, cats in map(json.loads, raw)]
 
 
 def _interaction(fields: dict[bytes, bytes]) -> Interaction:

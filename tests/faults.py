@@ -1,0 +1,227 @@
+"""Real processes for the fault tests: a redis-server with AOF ``always``, ``asmg`` commands, and
+clients that remember exactly what the service acknowledged."""
+
+from __future__ import annotations
+
+import collections
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.service import AUTH, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# a small model that trains slowly enough (many epochs) for a kill to land in the middle of a period
+SERVICE_ENV = {
+    "ASMG_USER_BUCKETS": "512",
+    "ASMG_ITEM_BUCKETS": "512",
+    "ASMG_CATEGORY_BUCKETS": "32",
+    "ASMG_HISTORY_LENGTH": "5",
+    "ASMG_HIDDEN": "8,4",
+    "ASMG_BATCH_SIZE": "32",
+    "ASMG_LR": "0.01",
+    "ASMG_META_LR": "0.01",
+    "ASMG_ADMIN_TOKEN": AUTH["Authorization"].removeprefix("Bearer "),
+    "ASMG_SWAP_POLL_SECONDS": "0.5",
+    "ASMG_TRAINER_POLL_SECONDS": "0.1",
+    "ASMG_KEEP_VERSIONS": "100",
+    "ASMG_STORE_TIMEOUT_SECONDS": "1",
+    "ASMG_TRAINER_STORE_TIMEOUT_SECONDS": "5",
+    "ASMG_TRAINER_RETRY_MAX_SECONDS": "2",
+    "ASMG_TRAINER_NICE": "0",
+}
+
+
+class RedisServer:
+    """A redis-server of the test's own that logs every write to its AOF before answering it."""
+
+    def __init__(self, directory: Path) -> None:
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server is not on PATH (apt-get install redis-server)"
+        self.binary = binary
+        self.directory = directory
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        directory.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory)]
+        command += ["--appendonly", "yes", "--appendfsync", "always", "--save", ""]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, "redis-server exited at start"
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as conn:
+                    conn.sendall(b"PING\r\n")
+                    if conn.recv(64).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError("redis-server did not answer")
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        os.kill(self.process.pid, signum)
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+
+    def close(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+            self.process.kill()
+            self.process.wait()
+
+
+class Command:
+    """One ``asmg`` command as its own process (``python -m app.cli ...``), with its log in a file."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+        self.args = args
+        self.env = {**os.environ, **env}
+        self.env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        self.log = log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as output:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "app.cli", *self.args], env=self.env, cwd=ROOT, stdout=output, stderr=output
+            )
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+
+    def close(self) -> None:
+        if self.alive():
+            assert self.process is not None
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def wait_ready(url: str, command: Command, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert command.alive(), command.log.read_text()[-4000:]
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{url} never became ready\n{command.log.read_text()[-4000:]}")
+
+
+def wait_until(predicate: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+        except (httpx.TransportError, ValueError, KeyError):
+            value = None
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Traffic(threading.Thread):
+    """Posts batches of uniquely numbered events (item ids ``e<n>``) and scoring requests, one
+    after the other, never retrying; keeps what was acknowledged and every answer it got."""
+
+    def __init__(self, url: str, batch: int = 10, pause: float = 0.05) -> None:
+        super().__init__(daemon=True)
+        self.url = url
+        self.batch = batch
+        self.pause = pause  # between rounds: a few hundred events a second, so periods train in seconds
+        self.sent = 0
+        self.acknowledged: set[str] = set()
+        self.statuses: collections.Counter[str] = collections.Counter()
+        self.answers: list[tuple[float, float, str, int | str]] = []  # (start, seconds, route, status or error)
+        self.served_versions: set[int] = set()
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=10) as client:
+            while not self.stop.is_set():
+                events = [self.event(self.sent + k) for k in range(self.batch)]
+                self.sent += self.batch
+                self.call(client, "/v1/interactions", {"events": events}, {e["item_id"] for e in events})
+                self.call(client, "/v1/predict", {"user_id": f"u{self.sent % 37}", "items": [{"item_id": "e1"}]})
+                self.stop.wait(self.pause)
+
+    @staticmethod
+    def event(n: int) -> dict[str, Any]:
+        return {"user_id": f"u{n % 37}", "item_id": f"e{n}", "categories": [f"c{n % 5}"], "label": int(n % 3 == 0)}
+
+    def call(self, client: httpx.Client, route: str, body: dict[str, Any], ids: set[str] | None = None) -> None:
+        started = time.monotonic()
+        try:
+            response = client.post(route, json=body)
+        except httpx.TransportError as exc:
+            self.record(started, route, type(exc).__name__)
+            return
+        self.record(started, route, response.status_code)
+        if response.status_code == 202 and ids:
+            self.acknowledged |= ids
+        if response.status_code == 200:
+            self.served_versions.add(int(response.json()["model_version"]))
+
+    def record(self, started: float, route: str, outcome: int | str) -> None:
+        self.answers.append((started, time.monotonic() - started, route, outcome))
+        self.statuses[f"{route} {outcome}"] += 1
+
+    def finish(self) -> None:
+        self.stop.set()
+        self.join(30)
+
+    def between(self, start: float, end: float) -> list[tuple[float, int | str]]:
+        """(seconds, outcome) of the requests sent between two moments."""
+        return [(seconds, outcome) for at, seconds, _, outcome in self.answers if start <= at < end]
+
+
+def admin(url: str, method: str, path: str) -> httpx.Response:
+    return httpx.request(method, f"{url}{path}", headers=AUTH, timeout=30)
+
+
+def trainer_status(url: str) -> dict[str, Any]:
+    status: dict[str, Any] = admin(url, "GET", "/admin/status").json()
+    return status
+
+
+def roll_over(url: str) -> int:
+    response = admin(url, "POST", "/admin/rollover")
+    assert response.status_code == 200, response.text
+    return int(response.json()["closed_period"])
