@@ -43,13 +43,15 @@ SERVICE_ENV = {
 
 
 class RedisServer:
-    """A redis-server of the test's own that logs every write to its AOF before answering it."""
+    """A redis-server of the test's own on a free loopback port; with ``aof``, one that logs
+    every write to its append-only file before answering it, and comes back with it."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, aof: bool = True) -> None:
         binary = shutil.which("redis-server")
-        assert binary, "redis-server is not on PATH (apt-get install redis-server)"
+        assert binary, "redis-server is not on PATH; the tests need a real Redis (apt-get install redis-server)"
         self.binary = binary
         self.directory = directory
+        self.aof = aof
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         directory.mkdir(parents=True, exist_ok=True)
@@ -58,13 +60,14 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> None:
+    def start(self, seconds: float = 20.0) -> None:
         command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory)]
-        command += ["--appendonly", "yes", "--appendfsync", "always", "--save", ""]
-        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 20
+        command += ["--appendonly", "yes", "--appendfsync", "always"] if self.aof else ["--appendonly", "no"]
+        self.process = subprocess.Popen([*command, "--save", ""], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            assert self.process.poll() is None, "redis-server exited at start"
+            code = self.process.poll()
+            assert code is None, f"redis-server exited with code {code} before answering on port {self.port}"
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1) as conn:
                     conn.sendall(b"PING\r\n")
@@ -73,7 +76,7 @@ class RedisServer:
             except OSError:
                 pass
             time.sleep(0.05)
-        raise AssertionError("redis-server did not answer")
+        raise AssertionError(f"redis-server did not answer PING on port {self.port} within {seconds:.0f} s")
 
     def signal(self, signum: int) -> None:
         assert self.process is not None
@@ -87,8 +90,12 @@ class RedisServer:
     def close(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGCONT)
-            self.process.kill()
-            self.process.wait()
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
 
 
 class Command:
@@ -106,6 +113,10 @@ class Command:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "app.cli", *self.args], env=self.env, cwd=ROOT, stdout=output, stderr=output
             )
+
+    def wait_ready(self, url: str) -> None:
+        assert self.process is not None
+        wait_ready(url, self.process, self.log)
 
     @property
     def pid(self) -> int:
@@ -131,17 +142,18 @@ class Command:
                 self.process.wait()
 
 
-def wait_ready(url: str, command: Command, timeout: float = 90.0) -> None:
+def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 90.0) -> None:
+    """Until ``url`` answers /readyz with 200; fails with the log's tail if the process exits."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        assert command.alive(), command.log.read_text()[-4000:]
+        assert process.poll() is None, log.read_text()[-4000:]
         try:
             if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
                 return
         except httpx.TransportError:
             pass
         time.sleep(0.1)
-    raise AssertionError(f"{url} never became ready\n{command.log.read_text()[-4000:]}")
+    raise AssertionError(f"{url} never became ready\n{log.read_text()[-4000:]}")
 
 
 def wait_until(predicate: Any, timeout: float, what: str) -> Any:
@@ -225,3 +237,34 @@ def roll_over(url: str) -> int:
     response = admin(url, "POST", "/admin/rollover")
     assert response.status_code == 200, response.text
     return int(response.json()["closed_period"])
+
+
+def trained(url: str, period: int) -> bool:
+    return int(trainer_status(url)["trained_through"]) >= period
+
+
+def training(url: str, period: int) -> bool:
+    trainer = trainer_status(url)["trainer"]
+    return trainer.get("state") == "training" and trainer.get("period") == period
+
+
+def first_period(url: str) -> int:
+    """Close the first period after a second of traffic, and wait until it is trained."""
+    time.sleep(1.0)
+    period = roll_over(url)
+    wait_until(lambda: trained(url, period), 60, f"period {period} trained")
+    return period
+
+
+def kill_mid_period(url: str, trainer: Command) -> tuple[int, float]:
+    """After a second of traffic, close a period, ``kill -9`` the process that trains it in the
+    middle of training and start it again; the period, and the seconds from the new start to
+    the period trained."""
+    time.sleep(1.0)
+    period = roll_over(url)
+    wait_until(lambda: training(url, period), 60, f"period {period} in training")
+    trainer.kill()
+    restarted = time.monotonic()
+    trainer.start()
+    wait_until(lambda: trained(url, period), 90, f"period {period} trained after the kill")
+    return period, time.monotonic() - restarted

@@ -4,7 +4,7 @@ a stalled Redis (``kill -STOP``), a corrupt version, the embedded SQLite store u
 Each test checks what the service promises: every acknowledged event is in the log, every
 period is trained exactly once, clients see 503 (never 500) while the store is out and 2xx
 after, the API and the trainer recover from store outages without a restart, and only whole,
-finite versions are served. With ``ASMG_FAULT_REPORT=FILE`` each test appends its timings to
+finite versions are served. With ``FAULT_REPORT=FILE`` each test appends its timings to
 FILE as one JSON line (docs/reliability.md).
 """
 
@@ -27,9 +27,11 @@ from tests.faults import (
     Command,
     RedisServer,
     Traffic,
+    first_period,
+    kill_mid_period,
     roll_over,
-    trainer_status,
-    wait_ready,
+    trained,
+    training,
     wait_until,
 )
 from tests.service import free_port
@@ -46,19 +48,9 @@ CONFIG = ModelConfig(user_buckets=512, item_buckets=512, category_buckets=32, hi
 
 def report(test: str, figures: dict[str, Any]) -> None:
     print(test, json.dumps(figures))
-    if path := os.environ.get("ASMG_FAULT_REPORT"):
+    if path := os.environ.get("FAULT_REPORT"):
         with open(path, "a") as out:
             out.write(json.dumps({"test": test, **figures}) + "\n")
-
-
-def trained(url: str, period: int) -> bool:
-    status = trainer_status(url)
-    return status["trained_through"] >= period
-
-
-def training(url: str, period: int) -> bool:
-    trainer = trainer_status(url)["trainer"]
-    return trainer.get("state") == "training" and trainer.get("period") == period
 
 
 def logged_ids(store: Store) -> list[str]:
@@ -128,29 +120,21 @@ def test_redis_mode_loses_nothing_through_kills_and_a_stall(
     trainer = command(["trainer"], {**env, "ASMG_EPOCHS": "20"}, "trainer")
     api.start()
     trainer.start()
-    wait_ready(url, api)
+    api.wait_ready(url)
     traffic = Traffic(url)
     traffic.start()
     figures: dict[str, Any] = {}
     try:
-        time.sleep(1.0)
-        period = roll_over(url)
-        wait_until(lambda: trained(url, period), 60, "period 1 trained")
+        first_period(url)
 
         # the API killed while it ingests; its replacement serves on
         api.kill()
         api.start()
-        wait_ready(url, api)
+        api.wait_ready(url)
 
         # the trainer killed in the middle of a period: the next trainer trains it, once
-        time.sleep(1.0)
-        period = roll_over(url)
-        wait_until(lambda: training(url, period), 60, f"period {period} in training")
-        trainer.kill()
-        restarted = time.monotonic()
-        trainer.start()
-        wait_until(lambda: trained(url, period), 90, f"period {period} trained by the new trainer")
-        figures["trainer_restart_to_trained_s"] = round(time.monotonic() - restarted, 2)
+        _, seconds = kill_mid_period(url, trainer)
+        figures["trainer_restart_to_trained_s"] = round(seconds, 2)
 
         # Redis killed while the trainer trains and the API ingests: the same processes carry on
         api_pid, trainer_pid = api.pid, trainer.pid
@@ -220,30 +204,22 @@ def test_embedded_mode_loses_nothing_through_kill_9(
     env = {**SERVICE_ENV, "ASMG_STATE_DIR": str(state), "ASMG_PORT": str(port), "ASMG_EPOCHS": "20"}
     server = command(["serve"], env, "serve")
     server.start()
-    wait_ready(url, server)
+    server.wait_ready(url)
     traffic = Traffic(url)
     traffic.start()
     figures: dict[str, Any] = {}
     try:
-        time.sleep(1.0)
-        period = roll_over(url)
-        wait_until(lambda: trained(url, period), 60, "period 1 trained")
+        first_period(url)
 
         # killed while it ingests
         server.kill()
         server.start()
-        wait_ready(url, server)
+        server.wait_ready(url)
 
         # killed in the middle of a period: the new process trains it at once, not a lease later
-        time.sleep(1.0)
-        period = roll_over(url)
-        wait_until(lambda: training(url, period), 60, f"period {period} in training")
-        server.kill()
-        restarted = time.monotonic()
-        server.start()
-        wait_until(lambda: trained(url, period), 90, f"period {period} trained after the restart")
-        figures["restart_to_trained_s"] = round(time.monotonic() - restarted, 2)
-        assert figures["restart_to_trained_s"] < 30.0  # the default lease it does not wait out
+        _, seconds = kill_mid_period(url, server)
+        figures["restart_to_trained_s"] = round(seconds, 2)
+        assert seconds < 30.0  # the default lease it does not wait out
 
         time.sleep(1.0)
         period = roll_over(url)
@@ -268,7 +244,7 @@ def test_a_stalled_store_leaves_scoring_with_a_client_history_untouched(
     api = command(["serve"], {**env, "ASMG_TRAINER_IN_PROCESS": "false"}, "api")
     api.start()
     try:
-        wait_ready(url, api)
+        api.wait_ready(url)
         redis_server.signal(signal.SIGSTOP)
         try:
             with httpx.Client(base_url=url, timeout=10) as client:

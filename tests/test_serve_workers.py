@@ -7,7 +7,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.faults import wait_ready
 from tests.service import free_port
 
 SMALL = {"ASMG_USER_BUCKETS": "512", "ASMG_ITEM_BUCKETS": "512", "ASMG_CATEGORY_BUCKETS": "32", "ASMG_HIDDEN": "8,4"}
@@ -23,19 +23,6 @@ SMALL = {"ASMG_USER_BUCKETS": "512", "ASMG_ITEM_BUCKETS": "512", "ASMG_CATEGORY_
 def spawned_children(pid: int) -> list[int]:
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     return [int(c) for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
-
-
-def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, log.read_text()
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("asmg serve never became ready")
 
 
 @pytest.fixture

@@ -145,10 +145,11 @@ class Settings(BaseSettings):
         "exceeds IU's by more than this fraction.",
     )
     history_users: int = Field(
-        1_000_000,
+        100_000,
         ge=1,
         description="Users whose latest clicks the trainer keeps for training histories; beyond it the user who "
-        "clicked least recently is forgotten. Bounds the trainer's state.",
+        "clicked least recently is forgotten. Bounds the trainer's state (up to ~0.7 KB a user stored, ~7 KB "
+        "in memory, at a history length of 30).",
     )
     keep_versions: int = Field(10, ge=2, description="Model versions kept in the registry.")
     keep_log_periods: int = Field(
