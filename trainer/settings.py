@@ -135,14 +135,16 @@ class Settings(BaseSettings):
         0.05,
         ge=0,
         lt=1,
-        description="Share of each period's newest events held back from training until the next period, to "
-        "check the published generated model against IU's on events neither learnt from; 0 turns the check off.",
+        description="Share of each period's events (drawn at random) held back from the update to check the "
+        "generated model against IU's on events neither learnt from, then learnt before publishing; 0 turns "
+        "the check off.",
     )
     check_tolerance: float = Field(
-        0.1,
+        0.5,
         ge=0,
         description="The check publishes IU instead of a generated model whose LogLoss on the held-back events "
-        "exceeds IU's by more than this fraction.",
+        "exceeds IU's by more than this fraction: a backstop against a diverging generator, not a close call "
+        "(the quality gate judges those).",
     )
     history_users: int = Field(
         100_000,

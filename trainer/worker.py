@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from trainer.config import ModelConfig
-from trainer.features import Examples, ItemRef, concat_examples, encode_stream
+from trainer.features import Examples, ItemRef, encode_stream
 from trainer.health import HEARTBEAT_SECONDS
 from trainer.history import HistoryBuilder
 from trainer.learner import BaseLearner
@@ -160,8 +160,6 @@ class PeriodTrainer:
         self.updater: Updater
         self.history: HistoryBuilder[ItemRef]
         self.seq = 0
-        # the newest events of the last trained period, held back to check its model; trained with the next
-        self.carried: Examples | None = None
         self.state_bytes = 0
         self.status: dict[str, Any] | None = None  # the status record as this trainer last wrote it
         self._next_heartbeat = 0.0
@@ -192,7 +190,6 @@ class PeriodTrainer:
         self.updater = self._fresh_updater()
         self.history = HistoryBuilder(self.config.history_length, self.settings.history_users)
         self.seq = 0
-        self.carried = None
         self.state_bytes = len(blob) if blob is not None else 0
         if blob is not None:
             state = torch.load(io.BytesIO(blob), weights_only=True)
@@ -204,8 +201,6 @@ class PeriodTrainer:
             self.updater.load_state_dict(state["updater"])
             self.history.load_state_dict(state["history"])
             self.seq = int(state["seq"])
-            carried = state.get("carried")
-            self.carried = Examples.from_dict(carried) if carried is not None else None
         self.through = through
 
     def _state_bytes(self) -> bytes:
@@ -215,7 +210,6 @@ class PeriodTrainer:
             "updater": self.updater.state_dict(),
             "history": self.history.state_dict(),
             "seq": self.seq,
-            "carried": self.carried.to_dict() if self.carried is not None else None,
         }
         torch.save(state, buffer)
         return buffer.getvalue()
@@ -337,6 +331,12 @@ class PeriodTrainer:
         phase("update")
 
         choice = self._choose(generated_won, serving, iu_params, held, metrics)
+        if held is not None:  # learnt before anything is served; the check's verdict stands for the result
+            assert isinstance(self.updater, Asmg)
+            serving = self.updater.absorb(held)
+            params = serving if choice.published == "generated" else self.updater.learner.params()
+            choice = replace(choice, params=params)
+        choice = self._finite_or_held(choice)
         phase("check")
 
         version = new_version(self.config, choice.params, period, choice.method, metrics, choice.note)
@@ -372,18 +372,14 @@ class PeriodTrainer:
         return report
 
     def _split(self, examples: Examples) -> tuple[Examples, Examples | None]:
-        """What the update trains on now, and the newest events held back to check the
-        generated model against IU's on data neither trained on (ASMG only; they are
-        trained on with the next period, so no event is lost to the check)."""
-        carried = self.carried
-        held = None
+        """The period's events the update trains on, and a seeded random ``ASMG_CHECK_FRACTION``
+        of them held back to check its result against IU's on events neither learnt from (ASMG
+        only). The held-back events are learnt right after the check (``Asmg.absorb``)."""
         n_held = int(len(examples) * self.settings.check_fraction) if isinstance(self.updater, Asmg) else 0
-        if n_held:
-            cut = len(examples) - n_held
-            held = examples.select(torch.arange(cut, len(examples)))
-            examples = examples.select(torch.arange(cut))
-        self.carried = held
-        return (concat_examples([carried, examples]) if carried is not None else examples), held
+        if not n_held:
+            return examples, None
+        order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(self.settings.seed + self.seq))
+        return examples.select(order[n_held:].sort().values), examples.select(order[:n_held].sort().values)
 
     def _drop_old_logs(self, trained: int) -> None:
         """Delete the logs of trained periods beyond ``ASMG_KEEP_LOG_PERIODS``: the
@@ -418,11 +414,11 @@ class PeriodTrainer:
         held: Examples | None,
         metrics: dict[str, float],
     ) -> Choice:
-        """Publish the method's model unless it is IU anyway, lost the gate, fails the
-        held-back check or is broken; IU's then, or the served weights again if IU's are broken too."""
+        """Publish the method's model unless it is IU anyway, lost the gate or fails the
+        held-back check; IU's then."""
         method = self.settings.method
         if not isinstance(self.updater, Asmg):
-            return self._finite_or_held(Choice("generated", serving, method), metrics)
+            return Choice("generated", serving, method)
         iu = Choice("iu", iu_params, "iu")
         if not self.updater.generating:
             choice = replace(iu, note="meta generator warming up: IU")
@@ -442,7 +438,7 @@ class PeriodTrainer:
             refusal = self._check(serving, iu_params, held, metrics)
             if refusal:
                 choice = replace(iu, note=f"{refusal}; published IU")
-        return self._finite_or_held(choice, metrics)
+        return choice
 
     def _check(self, generated: Params, iu_params: Params, held: Examples | None, metrics: dict[str, float]) -> str:
         """Why the generated model must not be served ("" if it may): it is not finite, or on
@@ -463,7 +459,7 @@ class PeriodTrainer:
             )
         return ""
 
-    def _finite_or_held(self, choice: Choice, metrics: dict[str, float]) -> Choice:
+    def _finite_or_held(self, choice: Choice) -> Choice:
         """``choice`` if its weights are finite, else the served version's weights again."""
         if all_finite(choice.params):
             return choice

@@ -228,12 +228,7 @@ class Asmg(Updater):
         self.learner.fit(period)
         self.models.append(self.learner.params())
         iu_seconds = time.perf_counter() - iu_started  # IU's own step: its training and the copy it keeps
-        for table, live in self.live.items():
-            turned = _rows_changed(self.models[-1][table], before[table]) & ~live
-            if self.hidden is not None and table + COLD in self.hidden:
-                # only live rows' states are kept; a row turning live starts from the cold state
-                self.hidden[table][turned] = self.hidden[table + COLD]
-            live |= turned
+        self._track_live(before)
         self.periods.append(period)
         self.mixes.append(mix)
         if self.meta.strategy != "full":
@@ -245,6 +240,27 @@ class Asmg(Updater):
         # carry, tracking live rows and generating the serving model
         self.last_meta_seconds = time.perf_counter() - started - iu_seconds
         return served
+
+    def absorb(self, extra: Examples) -> Params:
+        """Train IU on ``extra`` as more of the newest period and generate again: for events
+        held back from :meth:`update` to check its result on, learnt before anything is served.
+        The generator is not trained again; the newest period, as a later meta target, has them."""
+        before = self.models[-1]
+        self.learner.fit(extra)
+        self.models[-1] = self.learner.params()
+        self._track_live(before)
+        self.periods[-1] = concat_examples([self.periods[-1], extra])
+        self.mixes[-1] = self._mix(self.periods[-1])
+        return self.generate() if self.generating else self.learner.params()
+
+    def _track_live(self, before: Params) -> None:
+        """Rows the newest version changed since ``before`` are live from now on."""
+        for table, live in self.live.items():
+            turned = _rows_changed(self.models[-1][table], before[table]) & ~live
+            if self.hidden is not None and table + COLD in self.hidden:
+                # only live rows' states are kept; a row turning live starts from the cold state
+                self.hidden[table][turned] = self.hidden[table + COLD]
+            live |= turned
 
     def _mix(self, period: Examples) -> CategoryMix | None:
         return category_mix(period, self.shapes["cat_emb"][0]) if "cat_emb" in self.shapes else None
