@@ -271,3 +271,29 @@ def test_a_stalled_store_leaves_scoring_with_a_client_history_untouched(
         assert again.status_code == 202
     finally:
         api.close()
+
+
+def test_processes_started_before_their_store_come_up_with_it(
+    tmp_path: Path, command: Callable[[list[str], dict[str, str], str], Command]
+) -> None:
+    redis_server = RedisServer(tmp_path / "redis")  # not started yet
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**SERVICE_ENV, "ASMG_REDIS_URL": redis_server.url, "ASMG_PORT": str(port)}
+    api = command(["serve"], {**env, "ASMG_TRAINER_IN_PROCESS": "false"}, "api")
+    trainer = command(["trainer"], env, "trainer")
+    api.start()
+    trainer.start()
+    try:
+        wait_until(lambda: httpx.get(f"{url}/healthz").status_code == 200, 60, "the API up without its store")
+        assert httpx.get(f"{url}/readyz").status_code == 503
+        time.sleep(2.0)  # both keep trying
+        assert api.alive() and trainer.alive()
+        redis_server.start()
+        api.wait_ready(url)
+        event = {"user_id": "u", "item_id": "i", "label": 1}
+        assert httpx.post(f"{url}/v1/interactions", json={"events": [event]}).status_code == 202
+        period = roll_over(url)
+        wait_until(lambda: trained(url, period), 60, "the first period trained")
+    finally:
+        redis_server.close()
