@@ -258,7 +258,8 @@ class PeriodTrainer:
             ensure_initial_model(self.store, self.settings)
             self._initial_checked = True
         reports = self.train_pending()
-        if reports or self.status is None or self.status.get("state") != "idle" or self._heartbeat_due():
+        # a commit has just written the record; otherwise a heartbeat now and then (and leave "retrying")
+        if self.status is None or self.status.get("state") != "idle" or self._heartbeat_due():
             self._write_status(state="idle", period=None, consecutive_failures=0, retry_in=None)
         return reports
 
