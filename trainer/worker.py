@@ -334,8 +334,9 @@ class PeriodTrainer:
         choice = self._choose(generated_won, serving, iu_params, held, metrics)
         if held is not None:  # learnt before anything is served; the check's verdict stands for the result
             assert isinstance(self.updater, Asmg)
-            serving = self.updater.absorb(held)
-            params = serving if choice.published == "generated" else self.updater.learner.params()
+            self.updater.absorb(held)
+            # generated again only when it is what goes out
+            params = self.updater.generate() if choice.published == "generated" else self.updater.learner.params()
             choice = replace(choice, params=params)
         choice = self._finite_or_held(choice)
         phase("check")

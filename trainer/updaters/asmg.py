@@ -241,17 +241,17 @@ class Asmg(Updater):
         self.last_meta_seconds = time.perf_counter() - started - iu_seconds
         return served
 
-    def absorb(self, extra: Examples) -> Params:
-        """Train IU on ``extra`` as more of the newest period and generate again: for events
-        held back from :meth:`update` to check its result on, learnt before anything is served.
-        The generator is not trained again; the newest period, as a later meta target, has them."""
+    def absorb(self, extra: Examples) -> None:
+        """Train IU on ``extra`` as more of the newest period: for events held back from
+        :meth:`update` to check its result on, learnt before anything is served (:meth:`generate`
+        then reads the window with them). The generator is not trained again; the newest
+        period, as a later meta target, has them."""
         before = self.models[-1]
         self.learner.fit(extra)
         self.models[-1] = self.learner.params()
         self._track_live(before)
         self.periods[-1] = concat_examples([self.periods[-1], extra])
         self.mixes[-1] = self._mix(self.periods[-1])
-        return self.generate() if self.generating else self.learner.params()
 
     def _track_live(self, before: Params) -> None:
         """Rows the newest version changed since ``before`` are live from now on."""
