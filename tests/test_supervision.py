@@ -7,6 +7,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -64,11 +65,18 @@ def loop_store(tmp_path: Path) -> Iterator[tuple[Settings, LocalStore]]:
     store.close()
 
 
-def run_in_thread(target: Any, *args: Any) -> tuple[threading.Thread, threading.Event]:
+@contextmanager
+def running(target: Any, *args: Any) -> Iterator[None]:
+    """``target(store, settings, stop, *rest)`` in a thread while the block runs; stopped and joined after."""
     stop = threading.Event()
     thread = threading.Thread(target=target, args=(*args[:2], stop, *args[2:]), daemon=True)
     thread.start()
-    return thread, stop
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(10)
+    assert not thread.is_alive()
 
 
 def test_failing_rounds_are_retried_until_the_store_answers_and_each_period_trains_once(
@@ -88,15 +96,9 @@ def test_failing_rounds_are_retried_until_the_store_answers_and_each_period_trai
         return read_period(period)
 
     monkeypatch.setattr(store, "read_period", flaky)
-    trainer = PeriodTrainer(store, settings)
-    thread, stop = run_in_thread(run_trainer, store, settings, trainer)
-    try:
+    with running(run_trainer, store, settings, PeriodTrainer(store, settings)):
         wait_for(lambda: store.trained_through() == 3, 30, "three periods trained")
         wait_for(lambda: store.trainer_status().get("consecutive_failures") == 0, 10, "the failures cleared")
-    finally:
-        stop.set()
-        thread.join(10)
-    assert not thread.is_alive()
     assert [v.trained_through for v in store.versions()] == [0, 1, 2, 3]  # once each, in order
     # while it failed, the record said so, and its heartbeat stood still: a period that fails
     # over and over starts again each time, which is no progress
@@ -124,13 +126,9 @@ def test_a_trainer_loop_that_dies_is_restarted_by_its_supervisor(
     monkeypatch.setattr(PeriodTrainer, "run_once", dying)
     restarts: list[float] = []
     trainer = PeriodTrainer(store, settings)
-    thread, stop = run_in_thread(run_supervised, store, settings, trainer, lambda: restarts.append(time.time()))
-    try:
+    with running(run_supervised, store, settings, trainer, lambda: restarts.append(time.time())):
         wait_for(lambda: store.trained_through() == 2, 30, "the periods trained after the restart")
-    finally:
-        stop.set()
-        thread.join(10)
-    assert not thread.is_alive() and len(restarts) == 1
+    assert len(restarts) == 1
 
 
 def test_a_standby_trainer_leaves_the_active_ones_record_alone(loop_store: tuple[Settings, LocalStore]) -> None:
