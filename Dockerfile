@@ -9,7 +9,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     ASMG_STATE_DIR=/var/lib/asmg
 
 WORKDIR /opt/asmg
-# a C compiler: the trainer builds its GRU kernels (trainer/native) for the CPU it runs on, on first use
+# a C compiler: the trainer builds its GRU kernels (trainer/learning/native) for the CPU it runs on, on first use
 RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/*

@@ -14,9 +14,9 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.schemas import INT64_MAX, PointerOut, Problem, RolloverResponse, StatusResponse, VersionOut
-from trainer.settings import Settings
-from trainer.store.base import EmptyPeriod, Pointer, UnknownVersion
-from trainer.worker import ModelLoadError, load_version
+from trainer.core.registry import ModelLoadError, load_version
+from trainer.core.settings import Settings
+from trainer.core.store.base import EmptyPeriod, Pointer, UnknownVersion
 
 if TYPE_CHECKING:
     from app.main import Runtime

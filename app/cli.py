@@ -1,4 +1,4 @@
-"""``asmg``: the replay commands of ``trainer.cli`` plus ``serve``, ``trainer`` and ``demo``."""
+"""``asmg``: the replay commands of ``trainer.research.cli`` plus ``serve``, ``trainer`` and ``demo``."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from types import FrameType
 from redis.exceptions import RedisError
 
 from app.workers import PortInUse
-from trainer import cli as trainer_cli
-from trainer.settings import Settings
-from trainer.store.base import StoreError
-from trainer.worker import ModelLoadError
+from trainer.core.registry import ModelLoadError
+from trainer.core.settings import Settings
+from trainer.core.store.base import StoreError
+from trainer.research import cli as trainer_cli
 
 log = logging.getLogger("asmg")
 
@@ -40,9 +40,9 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def run_trainer_command(args: argparse.Namespace) -> int:
-    from trainer.schedule import start_rollover_schedule
-    from trainer.store import open_store
-    from trainer.worker import PeriodTrainer, lower_priority, report_dict, run_trainer
+    from trainer.core.store import open_store
+    from trainer.loop.schedule import start_rollover_schedule
+    from trainer.loop.worker import PeriodTrainer, lower_priority, report_dict, run_trainer
 
     settings = _settings()
     _service_logging()
@@ -73,9 +73,9 @@ def run_trainer_command(args: argparse.Namespace) -> int:
 
 
 def run_pretrain(args: argparse.Namespace) -> int:
-    from trainer.features import encode_log
-    from trainer.learner import BaseLearner
-    from trainer.model import checkpoint_bytes
+    from trainer.core.features import encode_log
+    from trainer.core.model import checkpoint_bytes
+    from trainer.learning.learner import BaseLearner
 
     settings = _settings()
     config = settings.model()

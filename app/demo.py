@@ -25,9 +25,9 @@ import uvicorn
 
 from app.main import create_app
 from app.transport import CoalescingHttpProtocol
-from trainer.events import EventTable
-from trainer.settings import Settings
-from trainer.synthetic import synthetic_events
+from trainer.core.events import EventTable
+from trainer.core.settings import Settings
+from trainer.research.synthetic import synthetic_events
 
 BATCH = 500
 

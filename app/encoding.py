@@ -24,10 +24,10 @@ import numpy as np
 
 from app.schemas import INT64_MAX, INT64_MIN, IdRules, PredictRequest
 from app.validation import check_categories, check_id, invalid, parse_body
-from trainer.config import ModelConfig
-from trainer.features import hash_id, user_row
-from trainer.settings import Settings
-from trainer.store.base import Click
+from trainer.core.config import ModelConfig
+from trainer.core.features import hash_id, user_row
+from trainer.core.settings import Settings
+from trainer.core.store.base import Click
 
 CACHE_SIZE = 1 << 17  # distinct cache keys kept; about 200 bytes each
 

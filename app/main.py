@@ -43,13 +43,13 @@ from app.schemas import (
 )
 from app.serving import ModelHolder, ServedModel, SwapWatcher
 from app.validation import check_categories, check_id, invalid, parse_body
-from trainer.config import ModelConfig
-from trainer.health import trainer_health
-from trainer.schedule import start_rollover_schedule
-from trainer.settings import Settings
-from trainer.store import open_store
-from trainer.store.base import Interaction, Store
-from trainer.worker import PeriodTrainer, ensure_initial_model, run_supervised
+from trainer.core.config import ModelConfig
+from trainer.core.health import trainer_health
+from trainer.core.settings import Settings
+from trainer.core.store import open_store
+from trainer.core.store.base import Interaction, Store
+from trainer.loop.schedule import start_rollover_schedule
+from trainer.loop.worker import PeriodTrainer, ensure_initial_model, run_supervised
 
 log = logging.getLogger("asmg.api")
 

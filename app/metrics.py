@@ -24,9 +24,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from trainer.health import trainer_health
-from trainer.store.base import Store
-from trainer.worker import PHASES, TRAINER_STATES
+from trainer.core.health import PHASES, TRAINER_STATES, trainer_health
+from trainer.core.store.base import Store
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 

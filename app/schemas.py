@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, create_
 from pydantic.fields import FieldInfo
 from pydantic_core import core_schema
 
-from trainer.settings import Settings
+from trainer.core.settings import Settings
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 ID_DESCRIPTION = (

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 
 from app.encoding import Encoded
-from trainer.config import ModelConfig
-from trainer.model import Params, request_logits
-from trainer.store.base import Store, VersionInfo
-from trainer.worker import ModelLoadError, verified_params
+from trainer.core.config import ModelConfig
+from trainer.core.model import Params, request_logits
+from trainer.core.registry import ModelLoadError, verified_params
+from trainer.core.store.base import Store, VersionInfo
 
 log = logging.getLogger("asmg.serving")
 

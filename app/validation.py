@@ -11,7 +11,7 @@ import orjson
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 
-from trainer.settings import Settings
+from trainer.core.settings import Settings
 
 Body = TypeVar("Body", bound=BaseModel)
 

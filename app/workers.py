@@ -25,7 +25,7 @@ import tempfile
 import threading
 from types import FrameType
 
-from trainer.settings import Settings
+from trainer.core.settings import Settings
 
 log = logging.getLogger("asmg.serve")
 

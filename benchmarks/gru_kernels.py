@@ -1,4 +1,4 @@
-"""The meta generator's GRU window in C (trainer/native) against the same
+"""The meta generator's GRU window in C (trainer/learning/native) against the same
 window in torch, forward and backward, on the shapes of an ml-100k meta batch:
 the user and item tables (135 and 1,100 rows of 8 columns) run together, and
 the MLP's row (1,185 coordinates, each with its own GRU); k = 3 steps, d = 4,
@@ -18,8 +18,8 @@ from collections.abc import Callable
 
 import torch
 
-from trainer import native
-from trainer.meta import CoordinateGRU
+from trainer.learning import native
+from trainer.learning.meta import CoordinateGRU
 
 
 def timed(run: Callable[[], None], repeats: int) -> list[float]:

@@ -65,9 +65,9 @@ def bodies(path: Path, count: int = 256) -> list[dict[str, object]]:
 
 def direct_baseline(redis_url: str, batches: list[dict[str, object]], seconds: float) -> float:
     """Events/s of RedisStore.append alone, one process, the same batches."""
-    from trainer.settings import Settings
-    from trainer.store import open_store
-    from trainer.store.base import Interaction
+    from trainer.core.settings import Settings
+    from trainer.core.store import open_store
+    from trainer.core.store.base import Interaction
 
     settings = Settings(redis_url=redis_url, key_prefix="baseline")
     store = open_store(settings)

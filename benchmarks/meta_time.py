@@ -15,10 +15,10 @@ import sys
 
 import torch
 
-from trainer.config import ModelConfig, TrainConfig
-from trainer.datasets import load_dataset
-from trainer.features import encode_log
-from trainer.replay import Replay
+from trainer.core.config import ModelConfig, TrainConfig
+from trainer.core.features import encode_log
+from trainer.research.datasets import load_dataset
+from trainer.research.replay import Replay
 
 
 def main() -> int:

@@ -18,7 +18,7 @@ import time
 def time_replay(dataset: str, method: str, extra: list[str]) -> float:
     with tempfile.TemporaryDirectory() as out:
         started = time.perf_counter()
-        command = [sys.executable, "-m", "trainer.cli", "replay", "--dataset", dataset, "--methods", method]
+        command = [sys.executable, "-m", "trainer.research.cli", "replay", "--dataset", dataset, "--methods", method]
         subprocess.run(
             [*command, "--seeds", "1", "--out", out, *extra],
             check=True,

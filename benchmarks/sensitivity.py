@@ -26,7 +26,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from trainer.report import read_periods_csv, summarise
+from trainer.research.report import read_periods_csv, summarise
 
 WINDOWS = (1, 2, 3, 4, 5, 6)
 HIDDEN = (4, 8, 12, 16)
@@ -40,7 +40,7 @@ def settings() -> list[tuple[int, int]]:
 
 
 def replay(dataset: str, methods: str, seeds: int, out: Path, k: int, d: int, extra: list[str], jobs: int) -> None:
-    command = [sys.executable, "-m", "trainer.cli", "replay", "--dataset", dataset, "--methods", methods]
+    command = [sys.executable, "-m", "trainer.research.cli", "replay", "--dataset", dataset, "--methods", methods]
     command += ["--seeds", str(seeds), "--jobs", str(jobs), "--threads", "1", "--out", str(out)]
     command += ["--window", str(k), "--meta-hidden", str(d), *extra]
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)

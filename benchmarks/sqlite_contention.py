@@ -26,8 +26,8 @@ import threading
 import time
 from pathlib import Path
 
-from trainer.store import LocalStore, local_store
-from trainer.store.base import Interaction, NewVersion
+from trainer.core.store import LocalStore, local_store
+from trainer.core.store.base import Interaction, NewVersion
 
 BATCH = 100
 

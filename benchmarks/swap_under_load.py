@@ -51,11 +51,12 @@ def publisher(
 ) -> None:
     import torch
 
-    from trainer.model import EmbMLP
-    from trainer.settings import Settings
-    from trainer.store import open_store
-    from trainer.store.base import Interaction
-    from trainer.worker import lower_priority, new_version
+    from trainer.core.model import EmbMLP
+    from trainer.core.registry import new_version
+    from trainer.core.settings import Settings
+    from trainer.core.store import open_store
+    from trainer.core.store.base import Interaction
+    from trainer.loop.worker import lower_priority
 
     settings = Settings(**{k[5:].lower(): v for k, v in settings_env.items() if k.startswith("ASMG_")})
     store = open_store(settings)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 
 def timed_table(dataset: str, methods: str, seeds: int, out: Path, options: list[str]) -> float:
-    command = [sys.executable, "-m", "trainer.cli", "replay", "--dataset", dataset, "--methods", methods]
+    command = [sys.executable, "-m", "trainer.research.cli", "replay", "--dataset", dataset, "--methods", methods]
     started = time.perf_counter()
     subprocess.run([*command, "--seeds", str(seeds), "--out", str(out), *options], check=True, capture_output=True)
     return time.perf_counter() - started

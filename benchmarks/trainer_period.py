@@ -30,10 +30,10 @@ import time
 def one(dataset: str, method: str, batch_size: int) -> dict[str, float]:
     import torch
 
-    from trainer.config import ModelConfig, TrainConfig
-    from trainer.datasets import load_dataset
-    from trainer.features import encode_log
-    from trainer.replay import Replay
+    from trainer.core.config import ModelConfig, TrainConfig
+    from trainer.core.features import encode_log
+    from trainer.research.datasets import load_dataset
+    from trainer.research.replay import Replay
 
     torch.set_num_threads(1)
     config = ModelConfig()

@@ -21,12 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainer.config import ModelConfig, TrainConfig
-from trainer.datasets import load_dataset
-from trainer.features import encode_log
-from trainer.replay import Replay
-from trainer.updaters.baselines import BaselineConfig
-from trainer.updaters.sml import SmlConfig
+from trainer.core.config import BaselineConfig, ModelConfig, SmlConfig, TrainConfig
+from trainer.core.features import encode_log
+from trainer.research.datasets import load_dataset
+from trainer.research.replay import Replay
 
 # each entry: (label, method, base-model settings, meta settings)
 Grid = list[tuple[str, str, dict[str, Any], dict[str, Any]]]

@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # the tests start their own redis-server on a free loopback port, and build the GRU kernels
-# (trainer/native) with the machine's C compiler: install Debian's where they are missing
+# (trainer/learning/native) with the machine's C compiler: install Debian's where they are missing
 missing=""
 command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
 command -v cc >/dev/null 2>&1 || missing="$missing gcc libc6-dev"

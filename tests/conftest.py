@@ -8,9 +8,9 @@ import redis
 import torch
 
 from tests.faults import RedisServer
-from trainer.config import ModelConfig, TrainConfig
-from trainer.features import EncodedLog, encode_log
-from trainer.synthetic import synthetic_events
+from trainer.core.config import ModelConfig, TrainConfig
+from trainer.core.features import EncodedLog, encode_log
+from trainer.research.synthetic import synthetic_events
 
 SMALL = ModelConfig(user_buckets=512, item_buckets=512, category_buckets=32, history_length=10)
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import httpx
 
-from trainer.settings import Settings
-from trainer.synthetic import synthetic_events
+from trainer.core.settings import Settings
+from trainer.research.synthetic import synthetic_events
 
 TOKEN = "test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

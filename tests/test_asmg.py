@@ -6,13 +6,13 @@ from typing import Any
 import pytest
 import torch
 
-from trainer.config import ModelConfig, TrainConfig
-from trainer.features import EncodedLog, Examples
-from trainer.learner import BaseLearner
-from trainer.meta import CoordinateGRU, module_key
-from trainer.model import EmbMLP, logits
-from trainer.updaters import make_updater
-from trainer.updaters.asmg import COLD, Asmg, _rows_changed, compact_batches, step_weights
+from trainer.core.config import ModelConfig, TrainConfig
+from trainer.core.features import EncodedLog, Examples
+from trainer.core.model import EmbMLP, logits
+from trainer.learning.learner import BaseLearner
+from trainer.learning.meta import CoordinateGRU, module_key
+from trainer.learning.updaters import make_updater
+from trainer.learning.updaters.asmg import COLD, Asmg, _rows_changed, compact_batches, step_weights
 
 
 def periods(log: EncodedLog, n: int) -> list[Examples]:

@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from tests.test_update_contract import assert_same, periods, run
-from trainer.config import ModelConfig, TrainConfig
-from trainer.features import EncodedLog
-from trainer.learner import BaseLearner
-from trainer.model import EmbMLP, logits, predict
-from trainer.updaters import make_updater
-from trainer.updaters.baselines import BaselineConfig, Spmf
-from trainer.updaters.sml import Sml, SmlConfig, stack_inputs
+from trainer.core.config import BaselineConfig, ModelConfig, SmlConfig, TrainConfig
+from trainer.core.features import EncodedLog
+from trainer.core.model import EmbMLP, logits, predict
+from trainer.learning.learner import BaseLearner
+from trainer.learning.updaters import make_updater
+from trainer.learning.updaters.baselines import Spmf
+from trainer.learning.updaters.sml import Sml, stack_inputs
 
 
 def learner(config: ModelConfig, train: TrainConfig) -> BaseLearner:

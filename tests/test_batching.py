@@ -12,10 +12,10 @@ import torch
 from app.batching import MicroBatcher, NoModelError
 from app.encoding import Candidate, Encoded, PredictQuery, RequestEncoder
 from app.serving import ModelHolder, ServedModel
-from trainer.config import ModelConfig
-from trainer.model import EmbMLP
-from trainer.settings import Settings
-from trainer.store.base import Click, VersionInfo
+from trainer.core.config import ModelConfig
+from trainer.core.model import EmbMLP
+from trainer.core.settings import Settings
+from trainer.core.store.base import Click, VersionInfo
 
 CONFIG = ModelConfig(user_buckets=256, item_buckets=256, category_buckets=16, history_length=5, hidden=(8, 4))
 

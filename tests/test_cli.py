@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainer.cli import main
+from trainer.research.cli import main
 
 
 def write_ratings(directory: Path, n: int, seed: int = 0) -> Path:
@@ -75,7 +75,7 @@ def test_too_few_rows_for_31_periods(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 def test_unknown_method_exits_nonzero_without_traceback(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "trainer.cli", "replay", "--synthetic", "--methods", "iu,magic"],
+        [sys.executable, "-m", "trainer.research.cli", "replay", "--synthetic", "--methods", "iu,magic"],
         capture_output=True,
         text=True,
         check=False,
@@ -91,7 +91,7 @@ def test_bad_meta_setting_is_refused_before_any_work(tmp_path: Path, capsys: pyt
 
 
 def test_all_methods_is_the_papers_whole_table() -> None:
-    from trainer.cli import build_parser
-    from trainer.updaters import METHODS
+    from trainer.learning.updaters import METHODS
+    from trainer.research.cli import build_parser
 
     assert build_parser().parse_args(["replay", "--synthetic", "--methods", "all"]).methods == list(METHODS)

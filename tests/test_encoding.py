@@ -16,10 +16,10 @@ from app import encoding
 from app.encoding import Candidate, PredictQuery, RequestEncoder, _quick_query, read_predict
 from app.schemas import INT64_MAX, INT64_MIN, IdRules, PredictRequest
 from app.validation import check_id
-from trainer.config import ModelConfig
-from trainer.features import hash_id, user_row
-from trainer.settings import Settings
-from trainer.store.base import Click
+from trainer.core.config import ModelConfig
+from trainer.core.features import hash_id, user_row
+from trainer.core.settings import Settings
+from trainer.core.store.base import Click
 
 CONFIG = ModelConfig(user_buckets=512, item_buckets=512, category_buckets=32, history_length=4, hidden=(8,))
 VALID: dict[str, Any] = {

@@ -35,10 +35,10 @@ from tests.faults import (
     wait_until,
 )
 from tests.service import free_port
-from trainer.config import ModelConfig
-from trainer.store import LocalStore, RedisStore, Store
-from trainer.store.base import NewVersion
-from trainer.worker import load_version
+from trainer.core.config import ModelConfig
+from trainer.core.registry import load_version
+from trainer.core.store import LocalStore, RedisStore, Store
+from trainer.core.store.base import NewVersion
 
 pytestmark = pytest.mark.timeout(300)
 

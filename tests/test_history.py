@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trainer.history import HistoryBuilder, build_histories
+from trainer.core.history import HistoryBuilder, build_histories
 
 
 def brute_force(users: list[str], ts: np.ndarray, labels: np.ndarray, length: int, i: int) -> list[int]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from trainer.store.local_store import LocalStore
+from trainer.core.store.local_store import LocalStore
 
 
 def open_together(directory: Path, count: int) -> list[Exception]:

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from trainer import native
-from trainer.meta import CoordinateGRU, LinearCombiner
+from trainer.learning import native
+from trainer.learning.meta import CoordinateGRU, LinearCombiner
 
 
 @pytest.fixture(autouse=True, params=["native", "torch"])

@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from trainer.metrics import auc, logloss
+from trainer.core.metrics import auc, logloss
 
 
 def pairwise_auc(labels: np.ndarray, scores: np.ndarray) -> float:

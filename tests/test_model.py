@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.config import ModelConfig, ModelKind
-from trainer.features import (
+from trainer.core.config import ModelConfig, ModelKind
+from trainer.core.features import (
     EncodedLog,
     Examples,
     ItemRef,
@@ -18,7 +18,7 @@ from trainer.features import (
     history_rows,
     item_rows,
 )
-from trainer.model import (
+from trainer.core.model import (
     DENSE_MEAN_MAX_ROWS,
     EmbMLP,
     _category_means,
@@ -29,7 +29,7 @@ from trainer.model import (
     parts_logits,
     request_logits,
 )
-from trainer.updaters.asmg import compact_batches
+from trainer.learning.updaters.asmg import compact_batches
 
 
 def one_example(user: int, item: int, cats: list[int], hist: list[int], hist_cats: list[list[int]]) -> Examples:

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer import native
-from trainer.config import ModelConfig, TrainConfig
-from trainer.features import EncodedLog
-from trainer.learner import BaseLearner
-from trainer.meta import CoordinateGRU
-from trainer.updaters import make_updater
+from trainer.core.config import ModelConfig, TrainConfig
+from trainer.core.features import EncodedLog
+from trainer.learning import native
+from trainer.learning.learner import BaseLearner
+from trainer.learning.meta import CoordinateGRU
+from trainer.learning.updaters import make_updater
 
 
 @pytest.fixture
@@ -38,7 +38,7 @@ def test_without_a_working_compiler_the_generator_runs_in_torch(
     fresh_library: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setenv("CC", "false")  # a compiler that fails
-    with caplog.at_level(logging.WARNING, logger="trainer.native"):
+    with caplog.at_level(logging.WARNING, logger="trainer.learning.native"):
         assert native.library() is None
     assert "runs in torch" in caplog.text
     gru = CoordinateGRU({"item_emb": (5, 4)}, hidden=3)
@@ -50,7 +50,7 @@ def test_without_a_working_compiler_the_generator_runs_in_torch(
 def test_kernels_are_used_only_when_asked_for_and_within_their_hidden_size(caplog: pytest.LogCaptureFixture) -> None:
     assert CoordinateGRU({"item_emb": (5, 4)}, hidden=4).kernels
     assert not CoordinateGRU({"item_emb": (5, 4)}, hidden=4, native_kernels=False).kernels
-    with caplog.at_level(logging.WARNING, logger="trainer.meta"):
+    with caplog.at_level(logging.WARNING, logger="trainer.learning.meta"):
         assert not CoordinateGRU({"item_emb": (5, 4)}, hidden=native.MAX_HIDDEN + 1).kernels
     assert f"up to {native.MAX_HIDDEN}" in caplog.text
 

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from trainer.config import ModelConfig
-from trainer.events import make_event_table
-from trainer.features import ItemRef, encode_log, encode_stream
-from trainer.history import HistoryBuilder
-from trainer.synthetic import synthetic_events
+from trainer.core.config import ModelConfig
+from trainer.core.events import make_event_table
+from trainer.core.features import ItemRef, encode_log, encode_stream
+from trainer.core.history import HistoryBuilder
+from trainer.research.synthetic import synthetic_events
 
 
 def test_stream_encoding_matches_the_replay_encoding(small_config: ModelConfig) -> None:

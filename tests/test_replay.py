@@ -5,12 +5,12 @@ import itertools
 import numpy as np
 import pytest
 
-from trainer.config import ModelConfig, TrainConfig
-from trainer.events import DataError
-from trainer.features import encode_log
-from trainer.replay import Protocol, Replay, period_bounds
-from trainer.report import summarise
-from trainer.synthetic import synthetic_events
+from trainer.core.config import ModelConfig, TrainConfig
+from trainer.core.events import DataError
+from trainer.core.features import encode_log
+from trainer.research.replay import Protocol, Replay, period_bounds
+from trainer.research.report import summarise
+from trainer.research.synthetic import synthetic_events
 
 CONFIG = ModelConfig(user_buckets=1024, item_buckets=1024, category_buckets=64, history_length=10)
 

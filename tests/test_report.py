@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from trainer.replay import PeriodResult
-from trainer.report import PAPER_MOVIELENS, format_markdown, meta_seconds_at_last_period, summarise
+from trainer.research.replay import PeriodResult
+from trainer.research.report import PAPER_MOVIELENS, format_markdown, meta_seconds_at_last_period, summarise
 
 
 def result(method: str, seed: int, period: int, auc: float, logloss: float = 0.6, meta: float = 0.0) -> PeriodResult:

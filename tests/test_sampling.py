@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trainer.events import DataError, EventTable, make_event_table
-from trainer.sampling import add_sampled_negatives
+from trainer.core.events import DataError, EventTable, make_event_table
+from trainer.research.sampling import add_sampled_negatives
 
 
 def implicit_log(n_events: int, n_users: int, n_items: int, seed: int) -> EventTable:

@@ -14,10 +14,10 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from tests.service import small_settings, wait_for
-from trainer import schedule
-from trainer.schedule import JOB_ID, add_rollover_job, overdue, start_rollover_schedule
-from trainer.store import LocalStore
-from trainer.store.base import Interaction
+from trainer.core.store import LocalStore
+from trainer.core.store.base import Interaction
+from trainer.loop import schedule
+from trainer.loop.schedule import JOB_ID, add_rollover_job, overdue, start_rollover_schedule
 
 
 @pytest.fixture

@@ -10,9 +10,9 @@ import torch
 
 from app.cli import main
 from tests.service import small_settings
-from trainer.model import load_checkpoint
-from trainer.store import open_store
-from trainer.store.base import Interaction
+from trainer.core.model import load_checkpoint
+from trainer.core.store import open_store
+from trainer.core.store.base import Interaction
 
 
 def test_demo_serves_generated_models_that_beat_iu(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

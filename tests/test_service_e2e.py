@@ -15,10 +15,12 @@ import torch
 from app.demo import running_server
 from app.serving import ModelHolder, SwapWatcher
 from tests.service import AUTH, post_period, small_settings, traffic, trained_through, wait_for
-from trainer.settings import Settings
-from trainer.store import LocalStore, open_store
-from trainer.store.base import NewVersion, Pointer
-from trainer.worker import PHASES, PeriodTrainer, ensure_initial_model, initial_params, load_version, new_version
+from trainer.core.health import PHASES
+from trainer.core.registry import ensure_initial_model, initial_params, load_version, new_version
+from trainer.core.settings import Settings
+from trainer.core.store import LocalStore, open_store
+from trainer.core.store.base import NewVersion, Pointer
+from trainer.loop.worker import PeriodTrainer
 
 
 @pytest.fixture(params=["redis", "local"])

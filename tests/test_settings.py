@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from trainer.settings import Settings
+from trainer.core.settings import Settings
 
 
 def test_settings_come_from_asmg_variables(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from trainer.settings import Settings
-from trainer.store import (
+from trainer.core.settings import Settings
+from trainer.core.store import (
     Click,
     DroppedPeriod,
     EmptyPeriod,
@@ -517,7 +517,7 @@ def test_the_async_calls_log_and_read_as_the_plain_ones(store: Store) -> None:
 
 def test_a_local_lease_whose_holder_was_killed_is_taken_at_once(tmp_path: Path) -> None:
     script = (
-        "import sys, time; from pathlib import Path; from trainer.store.local_store import LocalStore; "
+        "import sys, time; from pathlib import Path; from trainer.core.store.local_store import LocalStore; "
         "store = LocalStore(Path(sys.argv[1])); assert store.acquire_lease('dead', 300); "
         "print('held', flush=True); time.sleep(300)"
     )

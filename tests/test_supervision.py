@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 
 from tests.service import small_settings, traffic, wait_for
-from trainer import worker
-from trainer.health import trainer_health
-from trainer.retry import Backoff
-from trainer.settings import Settings
-from trainer.store import LocalStore
-from trainer.store.base import Interaction, Store
-from trainer.worker import PeriodTrainer, run_supervised, run_trainer
+from trainer.core.health import trainer_health
+from trainer.core.retry import Backoff
+from trainer.core.settings import Settings
+from trainer.core.store import LocalStore
+from trainer.core.store.base import Interaction, Store
+from trainer.loop import worker
+from trainer.loop.worker import PeriodTrainer, run_supervised, run_trainer
 
 
 def test_backoff_doubles_up_to_its_cap_with_jitter_and_resets() -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from tests.test_cli import write_ratings
-from trainer.cli import main
-from trainer.report import read_periods_csv
+from trainer.research.cli import main
+from trainer.research.report import read_periods_csv
 
 SMALL = ["--buckets", "256", "--pretrain-epochs", "2", "--batch-size", "64", "--meta-batch", "64"]
 SMALL += ["--threads", "1", "--jobs", "1"]  # one process unless a test asks for more

@@ -8,11 +8,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-from trainer.config import ModelConfig, TrainConfig
-from trainer.features import EncodedLog, Examples
-from trainer.learner import BaseLearner
-from trainer.model import Params
-from trainer.updaters import METHODS, Updater, base_model_kind, make_updater
+from trainer.core.config import ModelConfig, TrainConfig
+from trainer.core.features import EncodedLog, Examples
+from trainer.core.model import Params
+from trainer.learning.learner import BaseLearner
+from trainer.learning.updaters import METHODS, Updater, base_model_kind, make_updater
 
 META = {"window": 2, "batch_size": 64}
 

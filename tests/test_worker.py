@@ -12,24 +12,23 @@ import pytest
 import torch
 
 from tests.service import small_settings, traffic
-from trainer.features import Examples
-from trainer.learner import BaseLearner
-from trainer.model import checkpoint_bytes
-from trainer.settings import Settings
-from trainer.store import DroppedPeriod, LocalStore, Store
-from trainer.store.base import Interaction, VersionInfo
-from trainer.updaters.asmg import Asmg
-from trainer.updaters.incremental import BatchUpdate
-from trainer.worker import (
+from trainer.core.features import Examples
+from trainer.core.model import checkpoint_bytes
+from trainer.core.registry import (
     NonFiniteWeights,
-    PeriodTrainer,
     ensure_initial_model,
     initial_params,
     load_version,
-    lower_priority,
     new_version,
     verified_params,
 )
+from trainer.core.settings import Settings
+from trainer.core.store import DroppedPeriod, LocalStore, Store
+from trainer.core.store.base import Interaction, VersionInfo
+from trainer.learning.learner import BaseLearner
+from trainer.learning.updaters.asmg import Asmg
+from trainer.learning.updaters.incremental import BatchUpdate
+from trainer.loop.worker import PeriodTrainer, lower_priority
 
 
 def feed(store: Store, settings: Settings, periods: int) -> None:

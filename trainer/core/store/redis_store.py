@@ -1,0 +1,576 @@
+"""The production store: one Redis (7+) shared by every API replica and the trainer.
+
+Every key lives under ``{prefix}:``:
+
+==============================  ======================================================================
+``{prefix}:period``             the open period (absent means 1)
+``{prefix}:period:opened``      when the open period was opened, seconds since the epoch by the server's
+                                clock (absent before the first rollover)
+``{prefix}:log:{period}``       a stream per period; fields ``user``, ``item``, ``cats`` (JSON list),
+                                ``label`` (0/1) and ``ts`` (float text)
+``{prefix}:logs:dropped``       the last period whose log was deleted (absent means 0)
+``{prefix}:clicks:{user_id}``   a list of JSON ``[item_id, [cats...]]``, newest last, trimmed to the
+                                history length
+``{prefix}:version:last``       the last version number handed out (absent: the registry never held one)
+``{prefix}:model:{n}:weights``  the weights blob of version ``n``
+``{prefix}:model:{n}:meta``     JSON of :meth:`VersionInfo.to_dict`
+``{prefix}:models``             sorted set of the kept version numbers (score = number)
+``{prefix}:pointer``            hash: ``version`` (absent before the first version), ``pinned`` (0/1)
+``{prefix}:trainer:through``    the last period committed (absent means 0)
+``{prefix}:trainer:state``      the trainer state blob, or its first chunk
+``{prefix}:trainer:state:{i}``  its chunk ``i`` (from 1) when it is over ``STATE_CHUNK_BYTES``: Redis
+                                caps one value at 512 MB
+``{prefix}:trainer:state:chunks``  how many chunks the state has (absent means 1)
+``{prefix}:trainer:lease``      the trainer lease; value = owner, expiry = the lease
+``{prefix}:trainer:status``     JSON status record
+``{prefix}:swaps``              pub/sub channel; the new pointer's version is published on every change
+==============================  ======================================================================
+
+Multi-key steps run as Lua scripts, so they are atomic with respect to one
+another: ``append`` and ``rollover`` never interleave, and ``commit_period``
+publishes a version, advances the trainer and moves the pointer in one step.
+The scripts derive the per-period and per-user keys from the prefix, so the
+layout suits one Redis (or a primary with replicas), not Redis Cluster.
+
+Every command has a timeout (``socket_timeout``): ``ASMG_STORE_TIMEOUT_SECONDS``
+for an API process, ``ASMG_TRAINER_STORE_TIMEOUT_SECONDS`` for the trainer, so
+a stalled server (alive but not answering) fails a call instead of hanging
+it. A command is retried once, after a short backoff, only when its
+connection failed (a server restart leaves every pooled connection dead), never
+after a timeout: a timed-out ``append`` may have reached the server, and
+running it twice would log its events twice. The API's two request-path calls
+(``append_async``, ``recent_clicks_async``) go through an asyncio client, so a
+slow store holds up only the requests that wait for it, never the event loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+import redis.asyncio
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.client import PubSub
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from trainer.core.store.base import (
+    Click,
+    DroppedPeriod,
+    EmptyPeriod,
+    Interaction,
+    NewVersion,
+    Pointer,
+    Store,
+    StoreError,
+    UnknownVersion,
+    VersionInfo,
+)
+
+READ_CHUNK = 10_000  # stream entries per XRANGE reply
+SUBSCRIBE_SECONDS = 5.0  # how long the first wait_for_swap may wait for its subscription to be confirmed
+STATE_CHUNK_BYTES = 128 << 20  # the trainer state is stored in values of at most this size
+
+# KEYS: period. ARGV: prefix, history_length, then per event: user, item, cats, label, ts, click ("" if negative).
+_APPEND = """
+local period = redis.call('GET', KEYS[1]) or '1'
+local stream = ARGV[1] .. ':log:' .. period
+local keep = tonumber(ARGV[2])
+for i = 3, #ARGV, 6 do
+  redis.call('XADD', stream, '*', 'user', ARGV[i], 'item', ARGV[i + 1], 'cats', ARGV[i + 2],
+             'label', ARGV[i + 3], 'ts', ARGV[i + 4])
+  if ARGV[i + 5] ~= '' and keep > 0 then
+    local clicks = ARGV[1] .. ':clicks:' .. ARGV[i]
+    redis.call('RPUSH', clicks, ARGV[i + 5])
+    redis.call('LTRIM', clicks, -keep, -1)
+  end
+end
+return tonumber(period)
+"""
+
+# KEYS: period. ARGV: prefix. Returns the closed period, or minus the open one when it is empty.
+_ROLLOVER = """
+local period = tonumber(redis.call('GET', KEYS[1]) or '1')
+if redis.call('XLEN', ARGV[1] .. ':log:' .. period) == 0 then
+  return -period
+end
+redis.call('SET', KEYS[1], period + 1)
+local now = redis.call('TIME')
+redis.call('SET', KEYS[1] .. ':opened', now[1] .. '.' .. string.format('%06d', tonumber(now[2])))
+return period
+"""
+
+# KEYS: trainer:through, logs:dropped. ARGV: prefix, through.
+# Returns {1, periods deleted} or {0, trained_through} when ``through`` is not trained yet.
+_DROP_LOGS = """
+local trained = tonumber(redis.call('GET', KEYS[1]) or '0')
+local target = tonumber(ARGV[2])
+if target > trained then
+  return {0, trained}
+end
+local dropped = tonumber(redis.call('GET', KEYS[2]) or '0')
+local deleted = 0
+for period = dropped + 1, target do
+  deleted = deleted + redis.call('DEL', ARGV[1] .. ':log:' .. period)
+end
+if target > dropped then
+  redis.call('SET', KEYS[2], target)
+end
+return {1, deleted}
+"""
+
+# The meta JSON arrives without its leading '{"version": N' since only the script knows N.
+# KEYS: version:last, models, pointer. ARGV: prefix, meta tail, weights, channel.
+_PUBLISH_INITIAL = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return 0
+end
+redis.call('SET', KEYS[1], 1)
+redis.call('SET', ARGV[1] .. ':model:1:weights', ARGV[3])
+redis.call('SET', ARGV[1] .. ':model:1:meta', '{"version": 1' .. ARGV[2])
+redis.call('ZADD', KEYS[2], 1, 1)
+redis.call('HSET', KEYS[3], 'version', 1, 'pinned', 0)
+redis.call('PUBLISH', ARGV[4], 1)
+return 1
+"""
+
+# KEYS: trainer:through, trainer:state, version:last, models, pointer, trainer:state:chunks.
+# ARGV: prefix, trained_through, meta tail, weights, keep, channel, then the trainer state's chunks.
+# Returns {1, version} or {0, current trained_through}.
+_COMMIT = """
+local through = tonumber(redis.call('GET', KEYS[1]) or '0')
+local target = tonumber(ARGV[2])
+if target ~= through + 1 then
+  return {0, through}
+end
+local n = redis.call('INCR', KEYS[3])
+redis.call('SET', ARGV[1] .. ':model:' .. n .. ':weights', ARGV[4])
+redis.call('SET', ARGV[1] .. ':model:' .. n .. ':meta', '{"version": ' .. n .. ARGV[3])
+redis.call('ZADD', KEYS[4], n, n)
+redis.call('SET', KEYS[1], target)
+local chunks = #ARGV - 6
+local before = tonumber(redis.call('GET', KEYS[6]) or '1')
+redis.call('SET', KEYS[2], ARGV[7])
+for i = 1, chunks - 1 do
+  redis.call('SET', KEYS[2] .. ':' .. i, ARGV[7 + i])
+end
+for i = chunks, before - 1 do
+  redis.call('DEL', KEYS[2] .. ':' .. i)
+end
+if chunks > 1 then
+  redis.call('SET', KEYS[6], chunks)
+else
+  redis.call('DEL', KEYS[6])
+end
+if redis.call('HGET', KEYS[5], 'pinned') ~= '1' then
+  redis.call('HSET', KEYS[5], 'version', n, 'pinned', 0)
+end
+local pointed = tonumber(redis.call('HGET', KEYS[5], 'version'))
+local excess = redis.call('ZCARD', KEYS[4]) - tonumber(ARGV[5])
+if excess > 0 then
+  for _, old in ipairs(redis.call('ZRANGE', KEYS[4], 0, excess - 1)) do
+    if tonumber(old) ~= pointed then
+      redis.call('DEL', ARGV[1] .. ':model:' .. old .. ':weights', ARGV[1] .. ':model:' .. old .. ':meta')
+      redis.call('ZREM', KEYS[4], old)
+    end
+  end
+end
+redis.call('PUBLISH', ARGV[6], n)
+return {1, n}
+"""
+
+# KEYS: trainer:through, trainer:state, trainer:state:chunks. Returns {through or false, chunks...}:
+# one snapshot, however many chunks the state has.
+_PROGRESS = """
+local out = {redis.call('GET', KEYS[1]) or false}
+local chunks = tonumber(redis.call('GET', KEYS[3]) or '1')
+out[2] = redis.call('GET', KEYS[2]) or false
+for i = 1, chunks - 1 do
+  out[2 + i] = redis.call('GET', KEYS[2] .. ':' .. i)
+end
+return out
+"""
+
+# KEYS: models, pointer. ARGV: version, channel.
+_ACTIVATE = """
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  return 0
+end
+redis.call('HSET', KEYS[2], 'version', ARGV[1], 'pinned', 1)
+redis.call('PUBLISH', ARGV[2], ARGV[1])
+return 1
+"""
+
+# KEYS: models, pointer. ARGV: channel. Returns the newest version, or 0 when there is none.
+_UNPIN = """
+local newest = redis.call('ZRANGE', KEYS[1], -1, -1)[1]
+if newest then
+  redis.call('HSET', KEYS[2], 'version', newest, 'pinned', 0)
+else
+  redis.call('HDEL', KEYS[2], 'version')
+  redis.call('HSET', KEYS[2], 'pinned', 0)
+  newest = 0
+end
+redis.call('PUBLISH', ARGV[1], newest)
+return tonumber(newest)
+"""
+
+# KEYS: lease. ARGV: owner, milliseconds.
+_ACQUIRE = """
+local holder = redis.call('GET', KEYS[1])
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+if holder == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+# KEYS: lease. ARGV: owner.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+def _retry() -> Retry:
+    """One more try after a connection failure only (see the module docstring)."""
+    return Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=1, supported_errors=(RedisConnectionError,))
+
+
+def _async_retry() -> AsyncRetry:
+    return AsyncRetry(
+        ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=1, supported_errors=(RedisConnectionError,)
+    )
+
+
+class RedisStore(Store):
+    def __init__(self, url: str, prefix: str = "asmg", timeout: float = 2.0) -> None:
+        self.prefix = prefix
+        self._url = url
+        self._timeout = timeout
+        self._redis = redis.Redis.from_url(
+            url,
+            decode_responses=False,
+            socket_timeout=timeout,
+            socket_connect_timeout=min(timeout, 5.0),
+            retry=_retry(),
+        )
+        self._async: redis.asyncio.Redis | None = None
+        self._channel = self._key("swaps")
+        self._append = self._redis.register_script(_APPEND)
+        self._progress = self._redis.register_script(_PROGRESS)
+        self._rollover = self._redis.register_script(_ROLLOVER)
+        self._drop_logs = self._redis.register_script(_DROP_LOGS)
+        self._publish_initial = self._redis.register_script(_PUBLISH_INITIAL)
+        self._commit = self._redis.register_script(_COMMIT)
+        self._activate = self._redis.register_script(_ACTIVATE)
+        self._unpin = self._redis.register_script(_UNPIN)
+        self._acquire = self._redis.register_script(_ACQUIRE)
+        self._release = self._redis.register_script(_RELEASE)
+        self._pubsub: PubSub | None = None
+        self._pubsub_lock = threading.Lock()
+
+    def _key(self, *parts: str | int) -> str:
+        return ":".join([self.prefix, *map(str, parts)])
+
+    # -- the interaction log ------------------------------------------------------
+
+    def open_period(self) -> int:
+        value: Any = self._redis.get(self._key("period"))
+        return 1 if value is None else int(value)
+
+    def append(self, events: Sequence[Interaction], history_length: int) -> int:
+        if not events:
+            return self.open_period()
+        period: Any = self._append(keys=[self._key("period")], args=self._append_args(events, history_length))
+        return int(period)
+
+    def _append_args(self, events: Sequence[Interaction], history_length: int) -> list[str | int]:
+        args: list[str | int] = [self.prefix, history_length]
+        for event in events:
+            cats = json.dumps(list(event.categories))
+            click = json.dumps([event.item_id, list(event.categories)]) if event.label == 1 else ""
+            args += [event.user_id, event.item_id, cats, int(event.label), repr(float(event.timestamp)), click]
+        return args
+
+    def _async_client(self) -> redis.asyncio.Redis:
+        """The request path's client, made on first use inside the event loop that uses it."""
+        if self._async is None:
+            self._async = redis.asyncio.Redis.from_url(
+                self._url,
+                decode_responses=False,
+                socket_timeout=self._timeout,
+                socket_connect_timeout=min(self._timeout, 5.0),
+                retry=_async_retry(),
+            )
+        return self._async
+
+    async def append_async(self, events: Sequence[Interaction], history_length: int) -> int:
+        if not events:
+            return await super().append_async(events, history_length)
+        client = self._async_client()
+        keys, args = [self._key("period")], self._append_args(events, history_length)
+        try:
+            period: Any = await client.evalsha(self._append.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:  # a restarted server has forgotten it
+            period = await client.eval(_APPEND, len(keys), *keys, *args)
+        return int(period)
+
+    async def recent_clicks_async(self, user_id: str, limit: int) -> list[Click]:
+        if limit <= 0:
+            return []
+        raw: Any = await self._async_client().lrange(self._key("clicks", user_id), -limit, -1)
+        return _clicks(raw)
+
+    def period_started(self) -> float | None:
+        value: Any = self._redis.get(self._key("period", "opened"))
+        return None if value is None else float(value)
+
+    def rollover(self) -> int:
+        period = int(self._rollover(keys=[self._key("period")], args=[self.prefix]))
+        if period < 0:
+            raise EmptyPeriod(f"period {-period} holds no events")
+        return period
+
+    def period_size(self, period: int) -> int:
+        self._check_kept(period)
+        size: Any = self._redis.xlen(self._key("log", period))
+        return int(size)
+
+    def _check_kept(self, period: int) -> None:
+        dropped: Any = self._redis.get(self._key("logs", "dropped"))
+        if dropped is not None and period <= int(dropped):
+            raise DroppedPeriod(f"period {period}'s log was deleted (kept from period {int(dropped) + 1} on)")
+
+    def drop_logs(self, through: int, history_length: int) -> int:
+        # the recent-click lists are kept apart from the logs, trimmed as they grow
+        ok, value = self._drop_logs(
+            keys=[self._key("trainer", "through"), self._key("logs", "dropped")], args=[self.prefix, through]
+        )
+        if not int(ok):
+            raise StoreError(f"refusing to drop the logs through period {through}: trained through {int(value)}")
+        return int(value)
+
+    def read_period(self, period: int) -> list[Interaction]:
+        self._check_kept(period)
+        key = self._key("log", period)
+        events: list[Interaction] = []
+        start: bytes | str = "-"
+        while True:
+            chunk: Any = self._redis.xrange(key, min=start, max="+", count=READ_CHUNK)
+            events += (_interaction(fields) for _, fields in chunk)
+            if len(chunk) < READ_CHUNK:
+                return events
+            start = b"(" + chunk[-1][0]
+
+    def recent_clicks(self, user_id: str, limit: int) -> list[Click]:
+        if limit <= 0:
+            return []
+        raw: Any = self._redis.lrange(self._key("clicks", user_id), -limit, -1)
+        return _clicks(raw)
+
+    # -- the model registry -------------------------------------------------------
+
+    def publish_initial(self, version: NewVersion) -> VersionInfo | None:
+        info = _draft(version)
+        done = self._publish_initial(
+            keys=[self._key("version", "last"), self._key("models"), self._key("pointer")],
+            args=[self.prefix, _meta_tail(info), version.weights, self._channel],
+        )
+        return dataclasses.replace(info, version=1) if int(done) else None
+
+    def commit_period(self, version: NewVersion, trainer_state: bytes, keep: int) -> VersionInfo:
+        if keep < 1:
+            raise ValueError(f"keep must be at least 1, not {keep}")
+        info = _draft(version)
+        keys = [
+            self._key("trainer", "through"),
+            self._key("trainer", "state"),
+            self._key("version", "last"),
+            self._key("models"),
+            self._key("pointer"),
+            self._key("trainer", "state", "chunks"),
+        ]
+        args: list[str | int | bytes] = [
+            self.prefix,
+            version.trained_through,
+            _meta_tail(info),
+            version.weights,
+            keep,
+            self._channel,
+        ]
+        view = memoryview(trainer_state)
+        args += [bytes(view[i : i + STATE_CHUNK_BYTES]) for i in range(0, max(len(view), 1), STATE_CHUNK_BYTES)]
+        ok, value = self._commit(keys=keys, args=args)
+        if not int(ok):
+            raise StoreError(
+                f"refusing to publish a model trained through period {version.trained_through}: "
+                f"the store is trained through period {int(value)}"
+            )
+        return dataclasses.replace(info, version=int(value))
+
+    def versions(self) -> list[VersionInfo]:
+        numbers: Any = self._redis.zrange(self._key("models"), 0, -1)
+        if not numbers:
+            return []
+        metas: Any = self._redis.mget([self._key("model", int(n), "meta") for n in numbers])
+        # a version trimmed between the two calls is just left out
+        return [VersionInfo.from_dict(json.loads(meta)) for meta in metas if meta is not None]
+
+    def version(self, number: int) -> VersionInfo | None:
+        meta: Any = self._redis.get(self._key("model", number, "meta"))
+        return None if meta is None else VersionInfo.from_dict(json.loads(meta))
+
+    def weights(self, number: int) -> bytes | None:
+        blob: Any = self._redis.get(self._key("model", number, "weights"))
+        return None if blob is None else bytes(blob)
+
+    def pointer(self) -> Pointer:
+        values: Any = self._redis.hmget(self._key("pointer"), ["version", "pinned"])
+        version, pinned = values
+        return Pointer(None if version is None else int(version), pinned == b"1")
+
+    def activate(self, number: int) -> Pointer:
+        done = self._activate(keys=[self._key("models"), self._key("pointer")], args=[number, self._channel])
+        if not int(done):
+            raise UnknownVersion(f"version {number} is not in the registry")
+        return Pointer(number, True)
+
+    def unpin(self) -> Pointer:
+        newest = int(self._unpin(keys=[self._key("models"), self._key("pointer")], args=[self._channel]))
+        return Pointer(newest or None, False)
+
+    def wait_for_swap(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._pubsub_lock:
+            try:
+                pubsub = self._subscription()
+                swapped = False
+                while True:
+                    # once one notification came, drain the rest without waiting
+                    remaining = 0.0 if swapped else max(0.0, deadline - time.monotonic())
+                    message = pubsub.get_message(timeout=remaining)
+                    if message is None:
+                        if swapped or time.monotonic() >= deadline:
+                            return swapped
+                    elif message["type"] == "message":
+                        swapped = True
+            except RedisError:
+                self._drop_subscription()
+                raise
+
+    def _subscription(self) -> PubSub:
+        """The swap-channel subscription, created on first use and confirmed before use,
+        so a change made after the first ``wait_for_swap`` returns is never missed."""
+        if self._pubsub is not None:
+            return self._pubsub
+        pubsub = self._redis.pubsub()
+        self._pubsub = pubsub
+        pubsub.subscribe(self._channel)
+        limit = time.monotonic() + SUBSCRIBE_SECONDS
+        while time.monotonic() < limit:
+            message = pubsub.get_message(timeout=max(0.0, limit - time.monotonic()))
+            if message is not None and message["type"] == "subscribe":
+                return pubsub
+        raise redis.TimeoutError(f"no confirmation of the subscription to {self._channel}")
+
+    def _drop_subscription(self) -> None:
+        if self._pubsub is not None:
+            self._pubsub.close()
+            self._pubsub = None
+
+    # -- the trainer --------------------------------------------------------------
+
+    def trainer_progress(self) -> tuple[int, bytes | None]:
+        keys = [self._key("trainer", "through"), self._key("trainer", "state"), self._key("trainer", "state", "chunks")]
+        values: Any = self._progress(keys=keys)
+        through, *chunks = values
+        state = None if chunks[0] is None else b"".join(chunks)
+        return (0 if through is None else int(through)), state
+
+    def trained_through(self) -> int:
+        through: Any = self._redis.get(self._key("trainer", "through"))
+        return 0 if through is None else int(through)
+
+    def acquire_lease(self, owner: str, seconds: float) -> bool:
+        milliseconds = max(1, round(seconds * 1000))
+        return bool(int(self._acquire(keys=[self._key("trainer", "lease")], args=[owner, milliseconds])))
+
+    def release_lease(self, owner: str) -> None:
+        self._release(keys=[self._key("trainer", "lease")], args=[owner])
+
+    def set_trainer_status(self, status: dict[str, Any]) -> None:
+        self._redis.set(self._key("trainer", "status"), json.dumps(status))
+
+    def trainer_status(self) -> dict[str, Any]:
+        raw: Any = self._redis.get(self._key("trainer", "status"))
+        return {} if raw is None else dict(json.loads(raw))
+
+    # -- housekeeping -------------------------------------------------------------
+
+    def ping(self) -> bool:
+        try:
+            return bool(self._redis.ping())
+        except (RedisError, OSError):
+            return False
+
+    def close(self) -> None:
+        with self._pubsub_lock:
+            self._drop_subscription()
+        self._redis.close()
+        self._redis.connection_pool.disconnect()
+
+    async def aclose(self) -> None:
+        if self._async is not None:
+            await self._async.aclose()
+            self._async = None
+
+
+def _clicks(raw: list[bytes]) -> list[Click]:
+    return [Click(str(item), tuple(cats)) for item, cats in map(json.loads, raw)]
+
+
+def _interaction(fields: dict[bytes, bytes]) -> Interaction:
+    return Interaction(
+        user_id=fields[b"user"].decode(),
+        item_id=fields[b"item"].decode(),
+        categories=tuple(json.loads(fields[b"cats"])),
+        label=int(fields[b"label"]),
+        timestamp=float(fields[b"ts"]),
+    )
+
+
+def _draft(version: NewVersion) -> VersionInfo:
+    """The version's metadata, numbered 0 until the script hands out its number."""
+    return VersionInfo(
+        version=0,
+        sha256=version.sha256,
+        trained_through=version.trained_through,
+        method=version.method,
+        created=time.time(),
+        size=len(version.weights),
+        metrics=dict(version.metrics),
+        note=version.note,
+    )
+
+
+def _meta_tail(draft: VersionInfo) -> str:
+    """The meta JSON after ``{"version": 0``; the script writes the real number in front, so
+    floats keep full precision (Lua's cjson would round them to 14 digits)."""
+    text = json.dumps(draft.to_dict())
+    head = '{"version": 0'
+    assert text.startswith(head), text
+    return text[len(head) :]

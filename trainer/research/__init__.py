@@ -1,0 +1,1 @@
+"""The paper's evaluation protocol: data sets, periods, replay, tables and reports."""
