@@ -1,4 +1,4 @@
-"""``asmg``: the replay commands of ``trainer.research.cli`` plus ``serve``, ``trainer`` and ``demo``."""
+"""``asmg``: the research commands of ``trainer.research.cli`` plus ``serve``, ``trainer`` and ``demo``."""
 
 from __future__ import annotations
 
@@ -72,25 +72,6 @@ def run_trainer_command(args: argparse.Namespace) -> int:
         store.close()
 
 
-def run_pretrain(args: argparse.Namespace) -> int:
-    from trainer.core.features import encode_log
-    from trainer.core.model import checkpoint_bytes
-    from trainer.learning.learner import BaseLearner
-
-    settings = _settings()
-    config = settings.model()
-    name, table = trainer_cli.load_events(args)
-    encoded = encode_log(table, config)
-    learner = BaseLearner(config, settings.train(), settings.seed)
-    learner.fit(encoded.examples(0, len(encoded)), epochs=args.epochs)
-    meta = {"pretrained_on": name, "rows": len(encoded), "epochs": args.epochs}
-    args.out.write_bytes(checkpoint_bytes(config, learner.params(), meta))
-    print(
-        f"wrote {args.out} ({len(encoded)} events, {args.epochs} epochs); serve it with ASMG_INITIAL_MODEL={args.out}"
-    )
-    return 0
-
-
 def run_demo_command(args: argparse.Namespace) -> int:
     from app.demo import run_demo
 
@@ -107,12 +88,6 @@ def add_service_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("trainer", help="run the trainer alone: train each closed period, publish, notify")
     p.add_argument("--once", action="store_true", help="train the closed periods waiting now, then exit")
     p.set_defaults(handler=run_trainer_command)
-
-    p = sub.add_parser("pretrain", help="fit an initial model (ASMG_INITIAL_MODEL) on a data set, with ASMG_* sizes")
-    trainer_cli.add_source_arguments(p)
-    p.add_argument("--epochs", type=trainer_cli._positive_int, default=10)
-    p.add_argument("--out", type=Path, required=True, help="checkpoint file to write")
-    p.set_defaults(handler=run_pretrain)
 
     p = sub.add_parser("demo", help="run the service on the embedded store with simulated drifting traffic")
     p.add_argument("--periods", type=trainer_cli._positive_int, default=12, help="periods to simulate")

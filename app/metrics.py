@@ -160,7 +160,6 @@ def trainer_families(status: dict[str, Any], now: float, stall_seconds: float) -
         ("heartbeat", "asmg_trainer_heartbeat_timestamp_seconds", "When the trainer last showed progress."),
         ("last_success", "asmg_trainer_last_success_timestamp_seconds", "When the trainer last committed a period."),
         ("state_bytes", "asmg_trainer_state_bytes", "Size of the trainer state it committed last."),
-        ("history_users", "asmg_trainer_history_users", "Users whose recent clicks the trainer keeps."),
     ):
         if status.get(key) is not None:
             yield GaugeMetricFamily(name, help_text, value=float(status[key]))

@@ -16,8 +16,8 @@ import sys
 import torch
 
 from trainer.core.config import ModelConfig, TrainConfig
-from trainer.core.features import encode_log
 from trainer.research.datasets import load_dataset
+from trainer.research.encoding import encode_log
 from trainer.research.replay import Replay
 
 

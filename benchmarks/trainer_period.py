@@ -31,8 +31,8 @@ def one(dataset: str, method: str, batch_size: int) -> dict[str, float]:
     import torch
 
     from trainer.core.config import ModelConfig, TrainConfig
-    from trainer.core.features import encode_log
     from trainer.research.datasets import load_dataset
+    from trainer.research.encoding import encode_log
     from trainer.research.replay import Replay
 
     torch.set_num_threads(1)

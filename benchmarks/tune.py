@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from trainer.core.config import BaselineConfig, ModelConfig, SmlConfig, TrainConfig
-from trainer.core.features import encode_log
 from trainer.research.datasets import load_dataset
+from trainer.research.encoding import encode_log
 from trainer.research.replay import Replay
 
 # each entry: (label, method, base-model settings, meta settings)

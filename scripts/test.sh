@@ -19,6 +19,8 @@ python3 -m venv .venv
 .venv/bin/ruff check trainer app tests benchmarks
 .venv/bin/ruff format --check trainer app tests benchmarks
 .venv/bin/mypy
+# the architecture's import directions ([tool.importlinter] in pyproject.toml)
+.venv/bin/lint-imports
 set +e
 .venv/bin/pytest -q "$@"
 status=$?

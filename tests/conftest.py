@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -9,7 +12,8 @@ import torch
 
 from tests.faults import RedisServer
 from trainer.core.config import ModelConfig, TrainConfig
-from trainer.core.features import EncodedLog, encode_log
+from trainer.core.store import LocalStore, RedisStore, Store
+from trainer.research.encoding import EncodedLog, encode_log
 from trainer.research.synthetic import synthetic_events
 
 SMALL = ModelConfig(user_buckets=512, item_buckets=512, category_buckets=32, history_length=10)
@@ -61,3 +65,31 @@ def _no_asmg_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests set their settings explicitly; a developer's ASMG_* variables must not leak in."""
     for name in [n for n in os.environ if n.startswith("ASMG_")]:
         monkeypatch.delenv(name)
+
+
+Opener = Callable[[], Store]
+
+
+@pytest.fixture(params=["redis", "local"])
+def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
+    """Opens store objects on one backing store, as separate processes would; closes them all afterwards."""
+    make: Opener
+    if request.param == "redis":
+        make = functools.partial(RedisStore, request.getfixturevalue("redis_url"), f"t{uuid.uuid4().hex[:8]}")
+    else:
+        make = functools.partial(LocalStore, tmp_path / "state")
+    opened: list[Store] = []
+
+    def open_one() -> Store:
+        store = make()
+        opened.append(store)
+        return store
+
+    yield open_one
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def store(opener: Opener) -> Store:
+    return opener()

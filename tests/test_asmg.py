@@ -7,12 +7,13 @@ import pytest
 import torch
 
 from trainer.core.config import ModelConfig, TrainConfig
-from trainer.core.features import EncodedLog, Examples
+from trainer.core.features import Examples
 from trainer.core.model import EmbMLP, logits
 from trainer.learning.learner import BaseLearner
 from trainer.learning.meta import CoordinateGRU, module_key
 from trainer.learning.updaters import make_updater
 from trainer.learning.updaters.asmg import COLD, Asmg, _rows_changed, compact_batches, step_weights
+from trainer.research.encoding import EncodedLog
 
 
 def periods(log: EncodedLog, n: int) -> list[Examples]:

@@ -9,12 +9,12 @@ import torch
 
 from tests.test_update_contract import assert_same, periods, run
 from trainer.core.config import BaselineConfig, ModelConfig, SmlConfig, TrainConfig
-from trainer.core.features import EncodedLog
 from trainer.core.model import EmbMLP, logits, predict
 from trainer.learning.learner import BaseLearner
 from trainer.learning.updaters import make_updater
 from trainer.learning.updaters.baselines import Spmf
 from trainer.learning.updaters.sml import Sml, stack_inputs
+from trainer.research.encoding import EncodedLog
 
 
 def learner(config: ModelConfig, train: TrainConfig) -> BaseLearner:

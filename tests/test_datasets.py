@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainer.core.events import DataError, EventTable
 from trainer.research import datasets
 from trainer.research.datasets import Source
+from trainer.research.events import DataError, EventTable
 
 
 def write(path: Path, text: str, encoding: str = "utf-8", newline: str = "\n") -> Path:

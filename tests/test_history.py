@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trainer.core.history import HistoryBuilder, build_histories
+from trainer.research.history import HistoryBuilder, build_histories
 
 
 def brute_force(users: list[str], ts: np.ndarray, labels: np.ndarray, length: int, i: int) -> list[int]:
@@ -46,31 +46,3 @@ def test_streaming_builder_refuses_time_travel() -> None:
     builder.add("u", 5, 0)
     with pytest.raises(ValueError):
         builder.add("u", 4, 1)
-
-
-def test_a_saved_builder_answers_every_later_query_as_the_live_one_does() -> None:
-    rng = np.random.default_rng(1)
-    live: HistoryBuilder[int] = HistoryBuilder(length=4)
-    for seq in range(60):  # most users with fewer clicks than the length, some with more
-        live.add(f"u{rng.integers(0, 9)}", seq, seq)
-    saved: HistoryBuilder[int] = HistoryBuilder(length=4)
-    saved.load_state_dict(live.state_dict())
-    for seq in range(60, 200):
-        user = f"u{rng.integers(0, 9)}"
-        assert saved.history(user, seq) == live.history(user, seq)
-        live.add(user, seq, seq)
-        saved.add(user, seq, seq)
-
-
-def test_beyond_max_users_the_least_recently_clicking_user_is_forgotten() -> None:
-    builder: HistoryBuilder[int] = HistoryBuilder(length=3, max_users=2)
-    builder.add("a", 1, 1)
-    builder.add("b", 2, 2)
-    builder.add("a", 3, 3)  # a clicked last: b is now the least recent
-    builder.add("c", 4, 4)
-    assert len(builder) == 2
-    assert builder.history("b", 9) == [] and builder.history("a", 9) == [1, 3] and builder.history("c", 9) == [4]
-    # the bound and the recency order survive a save and a load into a smaller builder
-    smaller: HistoryBuilder[int] = HistoryBuilder(length=3, max_users=1)
-    smaller.load_state_dict(builder.state_dict())
-    assert len(smaller) == 1 and smaller.history("c", 9) == [4]

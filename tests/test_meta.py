@@ -20,7 +20,7 @@ def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def paper_gru_step(w_r: torch.Tensor, w_z: torch.Tensor, w_h: torch.Tensor, h: torch.Tensor, x: float) -> torch.Tensor:
-    """ASMG.md §3 for one coordinate, written literally: W [d, d+1] acts on [h, θ]."""
+    """docs/method.md §3 for one coordinate, written literally: W [d, d+1] acts on [h, θ]."""
     hx = torch.cat([h, torch.tensor([x])])
     r = torch.sigmoid(w_r @ hx)
     z = torch.sigmoid(w_z @ hx)
@@ -117,7 +117,7 @@ def test_tensors_run_side_by_side_as_they_run_alone() -> None:
 def reference_run(
     gru: CoordinateGRU, name: str, xs: list[torch.Tensor], h0: torch.Tensor, scale: torch.Tensor
 ) -> list[torch.Tensor]:
-    """ASMG.md §3 with plain autograd ops, one GRU per column, no hand-written backward."""
+    """docs/method.md §3 with plain autograd ops, one GRU per column, no hand-written backward."""
     w, d = gru.weights(name), gru.hidden
     u_rz, u_h, w_in = w.hidden_rz, w.hidden_h, w.input
     bias = w.gate_bias if w.gate_bias is not None else torch.zeros_like(w_in)

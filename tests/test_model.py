@@ -8,13 +8,11 @@ import torch
 
 from trainer.core.config import ModelConfig, ModelKind
 from trainer.core.features import (
-    EncodedLog,
     Examples,
     ItemRef,
     concat_examples,
     examples_from_refs,
     hash_id,
-    hash_ids,
     history_rows,
     item_rows,
 )
@@ -30,6 +28,7 @@ from trainer.core.model import (
     request_logits,
 )
 from trainer.learning.updaters.asmg import compact_batches
+from trainer.research.encoding import EncodedLog, hash_ids
 
 
 def one_example(user: int, item: int, cats: list[int], hist: list[int], hist_cats: list[list[int]]) -> Examples:

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from trainer.core.config import ModelConfig, TrainConfig
-from trainer.core.features import EncodedLog
 from trainer.learning import native
 from trainer.learning.learner import BaseLearner
 from trainer.learning.meta import CoordinateGRU
 from trainer.learning.updaters import make_updater
+from trainer.research.encoding import EncodedLog
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""The service encodes events exactly as the replay does: one history builder."""
+"""Training sees the histories serving saw: the store logs each event with its user's click
+list, the trainer encodes those snapshots, and the result is what the replay computes offline."""
 
 from __future__ import annotations
 
@@ -7,49 +8,43 @@ import pytest
 import torch
 
 from trainer.core.config import ModelConfig
-from trainer.core.events import make_event_table
-from trainer.core.features import ItemRef, encode_log, encode_stream
-from trainer.core.history import HistoryBuilder
+from trainer.core.store import Interaction, Store
+from trainer.loop.worker import encode_stream
+from trainer.research.encoding import encode_log
+from trainer.research.events import make_event_table
 from trainer.research.synthetic import synthetic_events
 
 
-def test_stream_encoding_matches_the_replay_encoding(small_config: ModelConfig) -> None:
+def test_logged_histories_encode_as_the_replay_encodes(store: Store, small_config: ModelConfig) -> None:
     raw = synthetic_events(n_users=20, n_items=30, n_periods=3, events_per_period=100, seed=5)
     # distinct timestamps, so "earlier in time" and "earlier in the log" agree
     table = make_event_table(
         user=raw.user, item=raw.item, categories=raw.categories, label=raw.label, timestamp=np.arange(len(raw))
     )
-    replay = encode_log(table, small_config).examples(0, len(table))
     events = [
-        (str(u), str(i), c, int(y))
-        for u, i, c, y in zip(table.user, table.item, table.categories, table.label, strict=True)
+        Interaction(str(u), str(i), tuple(c), int(y), float(t))
+        for u, i, c, y, t in zip(table.user, table.item, table.categories, table.label, table.timestamp, strict=True)
     ]
-    builder: HistoryBuilder[ItemRef] = HistoryBuilder(small_config.history_length)
-    # two periods streamed one after the other, the builder carried between them
-    half = len(events) // 2
-    first = encode_stream(events[:half], small_config, builder, 0)
-    second = encode_stream(events[half:], small_config, builder, half)
+    # batches of uneven sizes over two periods, as clients would post them
+    rng = np.random.default_rng(0)
+    cuts = np.sort(rng.choice(np.arange(1, len(events)), size=12, replace=False)).tolist()
+    for n, (start, stop) in enumerate(zip([0, *cuts], [*cuts, len(events)], strict=True)):
+        store.append(events[start:stop], small_config.history_length)
+        if n == 6:
+            store.rollover()
+    logged = store.read_period(1) + store.read_period(2)
+    streamed = encode_stream(logged, small_config)
+    replay = encode_log(table, small_config).examples(0, len(table))
     for name in ("user", "item", "item_cats", "hist_items", "hist_cats", "label"):
-        streamed = torch.cat([getattr(first, name), getattr(second, name)])
-        assert torch.equal(streamed, getattr(replay, name)), name
-
-
-def test_history_builder_state_round_trip() -> None:
-    builder: HistoryBuilder[ItemRef] = HistoryBuilder(3)
-    for seq in range(10):
-        builder.add(f"u{seq % 2}", seq, (seq, (seq % 4,)))
-    restored: HistoryBuilder[ItemRef] = HistoryBuilder(3)
-    restored.load_state_dict(builder.state_dict())
-    for user in ("u0", "u1", "nobody"):
-        assert restored.history(user, 100) == builder.history(user, 100)
-    assert restored.history("u0", 100) == [(4, (0,)), (6, (2,)), (8, (0,))]
+        assert torch.equal(getattr(streamed, name), getattr(replay, name)), name
 
 
 @pytest.mark.parametrize("length", [0, 2])
-def test_stream_history_excludes_the_event_itself(length: int) -> None:
+def test_stream_history_excludes_the_event_itself(store: Store, length: int) -> None:
     config = ModelConfig(user_buckets=64, item_buckets=64, category_buckets=8, history_length=length)
-    builder: HistoryBuilder[ItemRef] = HistoryBuilder(length)
-    ex = encode_stream([("u", "a", ("c",), 1), ("u", "b", (), 1), ("u", "c", (), 0)], config, builder, 0)
+    store.append([Interaction("u", "a", ("c",), 1, 0.0), Interaction("u", "b", (), 1, 1.0)], length)
+    store.append([Interaction("u", "c", (), 0, 2.0)], length)
+    ex = encode_stream(store.read_period(1), config)
     assert ex.hist_items.shape == (3, length)
     if length:
         assert (ex.hist_items[0] == -1).all()  # nothing before the first click

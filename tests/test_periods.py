@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trainer.core.events import DataError, EventTable, make_event_table
+from trainer.research.events import DataError, EventTable, make_event_table
 from trainer.research.periods import period_index, split_by_time, split_equal_count
 
 DAY = 86_400

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from trainer.core.config import ModelConfig, TrainConfig
-from trainer.core.events import DataError
-from trainer.core.features import encode_log
+from trainer.research.encoding import encode_log
+from trainer.research.events import DataError
 from trainer.research.replay import Protocol, Replay, period_bounds
 from trainer.research.report import summarise
 from trainer.research.synthetic import synthetic_events

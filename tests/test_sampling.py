@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from trainer.core.events import DataError, EventTable, make_event_table
+from trainer.research.events import DataError, EventTable, make_event_table
 from trainer.research.sampling import add_sampled_negatives
 
 

@@ -1,10 +1,10 @@
-"""One contract, two stores: every test runs on RedisStore (a real redis-server) and LocalStore (SQLite)."""
+"""One contract, two stores: every test runs on RedisStore (a real redis-server) and LocalStore (SQLite)
+(the ``opener`` and ``store`` fixtures of conftest.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import hashlib
 import socket
 import subprocess
@@ -12,12 +12,14 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import redis
 
+from tests.conftest import Opener
 from trainer.core.settings import Settings
 from trainer.core.store import (
     Click,
@@ -35,33 +37,6 @@ from trainer.core.store import (
     open_store,
     redis_store,
 )
-
-Opener = Callable[[], Store]
-
-
-@pytest.fixture(params=["redis", "local"])
-def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
-    """Opens store objects on one backing store, as separate processes would; closes them all afterwards."""
-    make: Opener
-    if request.param == "redis":
-        make = functools.partial(RedisStore, request.getfixturevalue("redis_url"), f"t{uuid.uuid4().hex[:8]}")
-    else:
-        make = functools.partial(LocalStore, tmp_path / "state")
-    opened: list[Store] = []
-
-    def open_one() -> Store:
-        store = make()
-        opened.append(store)
-        return store
-
-    yield open_one
-    for store in opened:
-        store.close()
-
-
-@pytest.fixture
-def store(opener: Opener) -> Store:
-    return opener()
 
 
 def event(user: str, item: str, label: int = 0, cats: tuple[str, ...] = ("c1",), ts: float = 1.7e9) -> Interaction:
@@ -115,7 +90,25 @@ def test_append_logs_in_order_in_the_open_period(store: Store) -> None:
     assert store.append(second, history_length=5) == 1
     assert store.append([], history_length=5) == 1
     assert store.period_size(1) == 8
-    assert store.read_period(1) == first + second  # exact: ids, categories, labels and float timestamps
+    # exact: ids, categories, labels and float timestamps (histories: the next test)
+    assert [replace(e, history=()) for e in store.read_period(1)] == first + second
+
+
+@pytest.mark.parametrize("length", [0, 2])
+def test_each_event_is_logged_with_its_users_clicks_just_before_it(store: Store, length: int) -> None:
+    store.append(
+        [event("a", "a1", 1, ("x",)), event("a", "a2", 0), event("a", "a3", 1, ()), event("b", "b1", 1)], length
+    )
+    store.rollover()  # histories span periods
+    store.append([event("a", "a4", 1, ("w",))], length)
+    store.append([event("a", "a5", 0), event("b", "b2", 0)], length)
+    a1, a3, a4, b1 = Click("a1", ("x",)), Click("a3", ()), Click("a4", ("w",)), Click("b1", ("c1",))
+    expected = [[(), (a1,), (a1,), ()], [(a1, a3), (a3, a4), (b1,)]]
+    if not length:
+        expected = [[()] * 4, [()] * 3]
+    assert [[e.history for e in store.read_period(p)] for p in (1, 2)] == expected
+    # serving reads the list these histories were taken from
+    assert tuple(store.recent_clicks("a", length)) == ((a3, a4) if length else ())
 
 
 def test_rollover_closes_the_open_period(store: Store) -> None:
@@ -430,9 +423,16 @@ def test_concurrent_appends_and_rollovers_lose_and_duplicate_nothing(opener: Ope
     logged = {p: roller.read_period(p) for p in range(1, last + 1)}
     items = [e.item_id for p in sorted(logged) for e in logged[p]]
     assert len(items) == len(set(items)) == writers * batches * per_batch
+    bare = {p: [replace(e, history=()) for e in events] for p, events in logged.items()}
     for period, batch in landed:  # each batch whole, in the period append reported
-        position = logged[period].index(batch[0])
-        assert logged[period][position : position + per_batch] == batch
+        position = bare[period].index(batch[0])
+        assert bare[period][position : position + per_batch] == batch
+    clicks: dict[str, list[Click]] = {}
+    for e in (e for p in sorted(logged) for e in logged[p]):  # each event with the clicks logged before it
+        before = clicks.setdefault(e.user_id, [])
+        assert e.history == tuple(before[-history:])
+        if e.label:
+            before.append(Click(e.item_id, e.categories))
     for writer in range(writers):  # each writer's events in its order, across periods
         own = [item for item in items if item.startswith(f"{writer}-")]
         assert own == [f"{writer}-{b}-{k}" for b in range(batches) for k in range(per_batch)]
@@ -512,7 +512,7 @@ def test_the_async_calls_log_and_read_as_the_plain_ones(store: Store) -> None:
 
     period, clicks = asyncio.run(run())
     assert period == 1 and clicks == [Click("a", ("c1",))]
-    assert store.read_period(1) == [event("u", "a", 1), event("u", "b", 0)]
+    assert store.read_period(1) == [event("u", "a", 1), replace(event("u", "b", 0), history=(Click("a", ("c1",)),))]
 
 
 def test_a_local_lease_whose_holder_was_killed_is_taken_at_once(tmp_path: Path) -> None:

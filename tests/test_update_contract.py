@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from trainer.core.config import ModelConfig, TrainConfig
-from trainer.core.features import EncodedLog, Examples
+from trainer.core.features import Examples
 from trainer.core.model import Params
 from trainer.learning.learner import BaseLearner
 from trainer.learning.updaters import METHODS, Updater, base_model_kind, make_updater
+from trainer.research.encoding import EncodedLog
 
 META = {"window": 2, "batch_size": 64}
 

@@ -14,7 +14,7 @@ ModelKind = Literal["emb-mlp", "mf"]
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Embedding & MLP sizes (ASMG.md §5 defaults)."""
+    """Embedding & MLP sizes (docs/method.md §5 defaults)."""
 
     embedding_dim: int = 8
     user_buckets: int = 1 << 16

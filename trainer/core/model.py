@@ -1,4 +1,4 @@
-"""The Embedding & MLP CTR model (ASMG.md §5).
+"""The Embedding & MLP CTR model (docs/method.md §5).
 
 The forward pass is a pure function of a parameter mapping so the meta
 generator can score *generated* parameters (and compact tables holding only

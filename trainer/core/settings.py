@@ -145,13 +145,6 @@ class Settings(BaseSettings):
         "exceeds IU's by more than this fraction: a backstop against a diverging generator, not a close call "
         "(the quality gate judges those).",
     )
-    history_users: int = Field(
-        100_000,
-        ge=1,
-        description="Users whose latest clicks the trainer keeps for training histories; beyond it the user who "
-        "clicked least recently is forgotten. Bounds the trainer's state (up to ~0.7 KB a user stored, ~7 KB "
-        "in memory, at a history length of 30).",
-    )
     keep_versions: int = Field(10, ge=2, description="Model versions kept in the registry.")
     keep_log_periods: int = Field(
         0,

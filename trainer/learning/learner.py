@@ -22,7 +22,7 @@ def minibatches(n: int, batch_size: int, rng: torch.Generator) -> list[torch.Ten
 
 
 class BaseLearner:
-    """Emb&MLP trained by Adam, whose moments survive across periods (ASMG.md §5)."""
+    """Emb&MLP trained by Adam, whose moments survive across periods (docs/method.md §5)."""
 
     def __init__(self, model_config: ModelConfig, train_config: TrainConfig, seed: int) -> None:
         self.train_config = train_config

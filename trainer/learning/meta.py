@@ -1,7 +1,7 @@
 """Meta generators: map a window of base-model versions to a new version.
 
 Every scalar coordinate of the base model is a sequence over versions. The
-GRU generator (ASMG.md §3) runs one small GRU per coordinate *group*: one per
+GRU generator (docs/method.md §3) runs one small GRU per coordinate *group*: one per
 MLP scalar, one per embedding column shared across the rows of that column.
 All groups of one parameter tensor advance together as batched tensor ops;
 there is no Python loop over coordinates.

@@ -26,15 +26,15 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
-from trainer.core.features import Examples, ItemRef, encode_stream
+from trainer.core.config import ModelConfig
+from trainer.core.features import Examples, examples_from_refs, item_ref, user_row
 from trainer.core.health import HEARTBEAT_SECONDS
-from trainer.core.history import HistoryBuilder
 from trainer.core.model import Params, score
 from trainer.core.registry import (
     ModelLoadError,
@@ -47,7 +47,7 @@ from trainer.core.registry import (
 )
 from trainer.core.retry import Backoff
 from trainer.core.settings import Settings
-from trainer.core.store.base import Store, StoreError
+from trainer.core.store.base import Interaction, Store, StoreError
 from trainer.learning.learner import BaseLearner
 from trainer.learning.updaters import Updater, make_updater
 from trainer.learning.updaters.asmg import Asmg
@@ -78,6 +78,19 @@ class Choice:
     note: str = ""
 
 
+def encode_stream(events: Sequence[Interaction], config: ModelConfig) -> Examples:
+    """Logged events → examples. Each event's history is the one the store logged with it:
+    the user's recent clicks as they stood just before the event, the very list the API
+    reads when it scores, so training sees what serving saw."""
+    return examples_from_refs(
+        [user_row(e.user_id, config) for e in events],
+        [item_ref(e.item_id, e.categories, config) for e in events],
+        [[item_ref(c.item_id, c.categories, config) for c in e.history] for e in events],
+        [float(e.label) for e in events],
+        config,
+    )
+
+
 class PeriodTrainer:
     """Owns the update method's state between periods and trains closed ones in order."""
 
@@ -88,8 +101,6 @@ class PeriodTrainer:
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.through: int | None = None  # what the in-memory state has learnt, None = reload
         self.updater: Updater
-        self.history: HistoryBuilder[ItemRef]
-        self.seq = 0
         self.state_bytes = 0
         self.status: dict[str, Any] | None = None  # the status record as this trainer last wrote it
         self._next_heartbeat = 0.0
@@ -118,8 +129,6 @@ class PeriodTrainer:
     def _load(self) -> None:
         through, blob = self.store.trainer_progress()
         self.updater = self._fresh_updater()
-        self.history = HistoryBuilder(self.config.history_length, self.settings.history_users)
-        self.seq = 0
         self.state_bytes = len(blob) if blob is not None else 0
         if blob is not None:
             state = torch.load(io.BytesIO(blob), weights_only=True)
@@ -128,9 +137,8 @@ class PeriodTrainer:
                     f"the stored trainer state is for method {state['method']!r}, the settings say "
                     f"{self.settings.method!r}; clear the store or set ASMG_METHOD back"
                 )
+            # states written before histories were logged with events also hold "history" and "seq": unused
             self.updater.load_state_dict(state["updater"])
-            self.history.load_state_dict(state["history"])
-            self.seq = int(state["seq"])
         self.through = through
 
     def _state_bytes(self) -> bytes:
@@ -138,8 +146,6 @@ class PeriodTrainer:
         state = {
             "method": self.settings.method,
             "updater": self.updater.state_dict(),
-            "history": self.history.state_dict(),
-            "seq": self.seq,
         }
         torch.save(state, buffer)
         return buffer.getvalue()
@@ -234,10 +240,7 @@ class PeriodTrainer:
 
         self._write_status(state="training", period=period, phase=None)
         events = self.store.read_period(period)
-        examples = encode_stream(
-            [(e.user_id, e.item_id, e.categories, e.label) for e in events], self.config, self.history, self.seq
-        )
-        self.seq += len(events)
+        examples = encode_stream(events, self.config)
         phase("read")
 
         # progressive validation: the model replicas served during this period, on its data
@@ -256,7 +259,7 @@ class PeriodTrainer:
         generated_won = self._generator_won(examples, metrics, n_layers)
         phase("gate")
 
-        fit, held = self._split(examples)
+        fit, held = self._split(examples, period)
         serving = self.updater.update(fit)
         iu_params = self.updater.learner.params()
         phase("update")
@@ -289,7 +292,6 @@ class PeriodTrainer:
             last_period=report_dict(report),
             last_success=time.time(),
             state_bytes=self.state_bytes,
-            history_users=len(self.history),
         )
         log.info(
             "period %d: %d events, served v%s AUC %.4f; published v%d (%s)%s",
@@ -303,14 +305,14 @@ class PeriodTrainer:
         )
         return report
 
-    def _split(self, examples: Examples) -> tuple[Examples, Examples | None]:
+    def _split(self, examples: Examples, period: int) -> tuple[Examples, Examples | None]:
         """The period's events the update trains on, and a seeded random ``ASMG_CHECK_FRACTION``
         of them held back to check its result against IU's on events neither learnt from (ASMG
         only). The held-back events are learnt right after the check (``Asmg.absorb``)."""
         n_held = int(len(examples) * self.settings.check_fraction) if isinstance(self.updater, Asmg) else 0
         if not n_held:
             return examples, None
-        order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(self.settings.seed + self.seq))
+        order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(self.settings.seed + period))
         return examples.select(order[n_held:].sort().values), examples.select(order[:n_held].sort().values)
 
     def _drop_old_logs(self, trained: int) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trainer.core.config import BaselineConfig, ModelConfig, SmlConfig, TrainConfig
-from trainer.core.events import DataError, EventTable
+from trainer.research.events import DataError, EventTable
 
 if TYPE_CHECKING:
     from trainer.research.replay import PeriodResult
@@ -284,6 +284,34 @@ def add_report_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run_report)
 
 
+def run_pretrain(args: argparse.Namespace) -> int:
+    from trainer.core.model import checkpoint_bytes
+    from trainer.core.settings import Settings
+    from trainer.learning.learner import BaseLearner
+    from trainer.research.encoding import encode_log
+
+    settings = Settings()
+    config = settings.model()
+    name, table = load_events(args)
+    encoded = encode_log(table, config)
+    learner = BaseLearner(config, settings.train(), settings.seed)
+    learner.fit(encoded.examples(0, len(encoded)), epochs=args.epochs)
+    meta = {"pretrained_on": name, "rows": len(encoded), "epochs": args.epochs}
+    args.out.write_bytes(checkpoint_bytes(config, learner.params(), meta))
+    print(
+        f"wrote {args.out} ({len(encoded)} events, {args.epochs} epochs); serve it with ASMG_INITIAL_MODEL={args.out}"
+    )
+    return 0
+
+
+def add_pretrain_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pretrain", help="fit an initial model (ASMG_INITIAL_MODEL) on a data set, with ASMG_* sizes")
+    add_source_arguments(p)
+    p.add_argument("--epochs", type=_positive_int, default=10)
+    p.add_argument("--out", type=Path, required=True, help="checkpoint file to write")
+    p.set_defaults(handler=run_pretrain)
+
+
 AddParsers = Callable[[argparse._SubParsersAction], None]
 
 
@@ -291,7 +319,7 @@ def build_parser(extra: Sequence[AddParsers] = ()) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asmg", description="ASMG CTR model updating and serving")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (add_replay_parser, add_fetch_parser, add_report_parser, *extra):
+    for add in (add_replay_parser, add_fetch_parser, add_report_parser, add_pretrain_parser, *extra):
         add(sub)
     return parser
 

@@ -1,6 +1,6 @@
 """MovieLens loaders and a fetcher that caches data sets outside the repo.
 
-Every loader returns an :class:`~trainer.core.events.EventTable` labelled the
+Every loader returns an :class:`~trainer.research.events.EventTable` labelled the
 paper's way (rating >= 4 is a positive, everything else a negative) with the
 movie's genres as item categories.
 
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from trainer.core.events import DataError, EventTable, make_event_table
+from trainer.research.events import DataError, EventTable, make_event_table
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Cutting a time-ordered event log into the periods models are updated on.
 
-Two ways, as in the paper (ASMG.md §5): equal-count slices of the sorted log
+Two ways, as in the paper (docs/method.md §5): equal-count slices of the sorted log
 (Sobazaar, MovieLens) and fixed-length calendar periods such as days (Tmall).
 Slices are views of the input, so splitting copies nothing.
 """
@@ -11,7 +11,7 @@ from itertools import pairwise
 
 import numpy as np
 
-from trainer.core.events import DataError, EventTable
+from trainer.research.events import DataError, EventTable
 
 
 def _require_time_order(table: EventTable) -> None:

@@ -1,4 +1,4 @@
-"""The paper's evaluation protocol (ASMG.md §6) on a time-sorted log.
+"""The paper's evaluation protocol (docs/method.md §6) on a time-sorted log.
 
 31 equal-count periods; Θ_0 pre-trained on periods 1–10; every method then
 updates on periods 11–30 and the model it would serve next is scored on the
@@ -19,11 +19,12 @@ from typing import Any, Literal
 import torch
 
 from trainer.core.config import BaselineConfig, ModelConfig, ModelKind, TrainConfig
-from trainer.core.events import DataError
-from trainer.core.features import EncodedLog, Examples
+from trainer.core.features import Examples
 from trainer.core.model import score
 from trainer.learning.learner import BaseLearner
 from trainer.learning.updaters import Updater, base_model_kind, make_updater
+from trainer.research.encoding import EncodedLog
+from trainer.research.events import DataError
 from trainer.research.periods import equal_count_bounds
 
 Split = Literal["train", "valid", "test"]

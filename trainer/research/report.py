@@ -15,7 +15,7 @@ import numpy as np
 from trainer.learning.updaters import METHODS
 from trainer.research.replay import PeriodResult, Split
 
-# The paper's Table 1 and 2 on MovieLens-25M (ASMG.md §8): mean AUC and
+# The paper's Table 1 and 2 on MovieLens-25M (docs/method.md §8): mean AUC and
 # LogLoss over its 7 test periods. A different, 25× larger data set, printed
 # beside ours for the shape of the comparison, not the level.
 PAPER_MOVIELENS: dict[str, tuple[float, float]] = {

@@ -1,4 +1,4 @@
-"""Negative sampling for implicit-feedback logs (ASMG.md §5).
+"""Negative sampling for implicit-feedback logs (docs/method.md §5).
 
 Implicit data (Tmall, Sobazaar) logs only actions. The paper makes every
 logged action a positive and pairs it with negatives drawn uniformly from the
@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from trainer.core.events import DataError, EventTable
+from trainer.research.events import DataError, EventTable
 
 # Candidates are drawn from the generator in batches: one call per event
 # would dominate the run time on million-event logs.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from trainer.core.events import EventTable, make_event_table
+from trainer.research.events import EventTable, make_event_table
 
 
 def synthetic_events(

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.core.config import BaselineConfig, ModelConfig, TrainConfig
-from trainer.core.events import DataError, EventTable
+from trainer.research.events import DataError, EventTable
 from trainer.research.replay import PeriodResult, Protocol, Replay, period_bounds
 from trainer.research.report import read_periods_csv, write_periods_csv
 
@@ -96,7 +96,7 @@ def check_settings(spec: TableSpec, out: Path) -> None:
 def open_replay(spec: TableSpec, out: Path) -> Replay:
     import torch
 
-    from trainer.core.features import encode_log
+    from trainer.research.encoding import encode_log
 
     if spec.threads:
         torch.set_num_threads(spec.threads)

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 
@@ -38,6 +38,14 @@ class DroppedPeriod(StoreError):
 
 
 @dataclass(frozen=True)
+class Click:
+    """One positive, as kept in a user's recent-click list."""
+
+    item_id: str
+    categories: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Interaction:
     """One logged impression. Ids are strings (the API turns ints into strings)."""
 
@@ -46,14 +54,38 @@ class Interaction:
     categories: tuple[str, ...]
     label: int  # 0 or 1
     timestamp: float  # seconds since the epoch, as the client said or as received
+    # the user's recent clicks just before this event, oldest first: kept by the store when it
+    # logs the event (what ``append`` is given here is ignored), read back with it
+    history: tuple[Click, ...] = ()
 
 
 @dataclass(frozen=True)
-class Click:
-    """One positive, as kept in a user's recent-click list for serving."""
+class ClickSnapshot:
+    """A user's recent-click list as logged with their first event of a period."""
 
-    item_id: str
-    categories: tuple[str, ...]
+    clicks: tuple[Click, ...]
+    keep: int  # the list's length limit when it was taken
+
+
+def rebuild_histories(rows: Iterable[tuple[Interaction, ClickSnapshot | None]]) -> list[Interaction]:
+    """A period's events in log order, each with its user's click list as it stood just before it.
+
+    A store snapshots the list only with a user's first event of each period; later events'
+    lists follow from that snapshot and the period's own clicks, replayed here exactly as
+    ``append`` pushed them. A user with no snapshot (events logged before histories were)
+    has an empty history.
+    """
+    lists: dict[str, tuple[list[Click], int]] = {}
+    out = []
+    for event, snapshot in rows:
+        if snapshot is not None:
+            lists[event.user_id] = (list(snapshot.clicks), snapshot.keep)
+        clicks, keep = lists.get(event.user_id, ([], 0))
+        out.append(replace(event, history=tuple(clicks)))
+        if event.label == 1 and keep > 0:
+            clicks.append(Click(event.item_id, event.categories))
+            del clicks[:-keep]
+    return out
 
 
 @dataclass(frozen=True)
@@ -126,9 +158,12 @@ class Store(ABC):
     def append(self, events: Sequence[Interaction], history_length: int) -> int:
         """Durably log ``events`` (in order) in the open period and return it.
 
-        Atomically with the log write, each positive (label 1) is pushed onto
-        its user's recent-click list, which keeps the newest
-        ``history_length`` clicks.
+        Atomically with the log write, each positive (label 1) joins its user's
+        recent-click list (the newest ``history_length`` clicks), and each event is
+        logged with that list as it stood just before it (:attr:`Interaction.history`,
+        kept as one snapshot per user and period: :func:`rebuild_histories`). The
+        list is the one source of user histories: the API scores with it
+        (:meth:`recent_clicks`) and the trainer learns from what it was.
         """
 
     async def append_async(self, events: Sequence[Interaction], history_length: int) -> int:

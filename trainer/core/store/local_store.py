@@ -9,7 +9,9 @@ what a 2xx from the API promises.
 
 Tables: ``kv`` holds the scalars (open period and its start, version counter,
 pointer, swap counter, trainer progress/status, lease), ``events`` the log with
-the recent-click lists as a query over it, ``models`` the registry,
+the recent-click lists as a query over it (a user's first event of each period
+carries a copy of their list as it stood just before it: ``hist``), ``period_users``
+whose list each period has copied, ``models`` the registry,
 ``trainer_state`` the trainer state in chunks (SQLite caps a value at 1 GB).
 
 A lock wait is bounded by ``busy_seconds`` (``ASMG_STORE_TIMEOUT_SECONDS`` for
@@ -38,6 +40,7 @@ from typing import Any
 
 from trainer.core.store.base import (
     Click,
+    ClickSnapshot,
     DroppedPeriod,
     EmptyPeriod,
     Interaction,
@@ -47,6 +50,7 @@ from trainer.core.store.base import (
     StoreError,
     UnknownVersion,
     VersionInfo,
+    rebuild_histories,
 )
 
 BUSY_SECONDS = 30.0  # how long opening the store waits for another process setting it up
@@ -63,10 +67,13 @@ CREATE TABLE IF NOT EXISTS events (
     item_id TEXT NOT NULL,
     cats TEXT NOT NULL,
     label INTEGER NOT NULL,
-    ts REAL NOT NULL
+    ts REAL NOT NULL,
+    hist TEXT,
+    hist_keep INTEGER
 );
 CREATE INDEX IF NOT EXISTS events_by_period ON events (period, seq);
 CREATE INDEX IF NOT EXISTS events_by_user ON events (user_id, label, seq);
+CREATE TABLE IF NOT EXISTS period_users (period INTEGER, user_id TEXT, PRIMARY KEY (period, user_id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS models (version INTEGER PRIMARY KEY, meta TEXT NOT NULL, weights BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS trainer_state (chunk INTEGER PRIMARY KEY, data BLOB NOT NULL);
 """
@@ -103,6 +110,10 @@ class LocalStore(Store):
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
+            # a store made before histories were logged with events: their rows read as no history
+            if "hist" not in {row[1] for row in conn.execute("PRAGMA table_info(events)")}:
+                conn.execute("ALTER TABLE events ADD COLUMN hist TEXT")
+                conn.execute("ALTER TABLE events ADD COLUMN hist_keep INTEGER")
         self._swap_lock = threading.Lock()
         self._seen_swaps = self._swaps()
 
@@ -178,19 +189,43 @@ class LocalStore(Store):
         return int(self._read(_PERIOD).get(_PERIOD, 1))
 
     def append(self, events: Sequence[Interaction], history_length: int) -> int:
-        # recent clicks are a query over the log, so history_length needs no bookkeeping here
         if not events:
             return self.open_period()
-        rows = [
-            (e.user_id, e.item_id, json.dumps(list(e.categories)), int(e.label), float(e.timestamp)) for e in events
-        ]
         with self._write() as conn:
             period = int(self._get(conn, _PERIOD, 1))
+            # A user's first event of the period is logged with their click list (a query over the
+            # log, read inside this write) as it stood just before it; their later ones need no
+            # copy, since the period's events say how the list moved (rebuild_histories).
+            rows, checked = [], set()
+            for e in events:
+                hist, keep = None, None
+                if history_length > 0 and e.user_id not in checked:
+                    checked.add(e.user_id)
+                    first = conn.execute(
+                        "INSERT OR IGNORE INTO period_users (period, user_id) VALUES (?, ?)", (period, e.user_id)
+                    ).rowcount
+                    if first:
+                        hist, keep = _list(self._recent(conn, e.user_id, history_length)), history_length
+                cats = json.dumps(list(e.categories))
+                rows.append((period, e.user_id, e.item_id, cats, int(e.label), float(e.timestamp), hist, keep))
             conn.executemany(
-                "INSERT INTO events (period, user_id, item_id, cats, label, ts) VALUES (?, ?, ?, ?, ?, ?)",
-                [(period, *row) for row in rows],
+                "INSERT INTO events (period, user_id, item_id, cats, label, ts, hist, hist_keep)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
             )
         return period
+
+    @staticmethod
+    def _recent(conn: sqlite3.Connection, user_id: str, limit: int) -> list[str]:
+        """The user's latest ``limit`` positives as JSON ``[item_id, [cats...]]`` texts, oldest first."""
+        if limit <= 0:
+            return []
+        rows = conn.execute(
+            "SELECT json_array(item_id, json(cats)) FROM events"
+            " WHERE user_id = ? AND label = 1 ORDER BY seq DESC LIMIT ?",
+            (user_id, limit),
+        ).fetchall()
+        return [text for (text,) in reversed(rows)]
 
     async def append_async(self, events: Sequence[Interaction], history_length: int) -> int:
         # one writer thread: appends queue in order instead of contending for SQLite's lock
@@ -251,31 +286,26 @@ class LocalStore(Store):
                     (start, start + DROP_SLICE, dropped, through, start, start + DROP_SLICE, history_length),
                 )
         with self._write() as conn:
+            conn.execute("DELETE FROM period_users WHERE period <= ?", (through,))
             self._set(conn, _DROPPED, max(through, int(self._get(conn, _DROPPED, 0))))
         return int(periods)
 
     def read_period(self, period: int) -> list[Interaction]:
         self._check_kept(period)
         rows = self._conn().execute(
-            "SELECT user_id, item_id, cats, label, ts FROM events WHERE period = ? ORDER BY seq", (period,)
+            "SELECT user_id, item_id, cats, label, ts, hist, hist_keep FROM events WHERE period = ? ORDER BY seq",
+            (period,),
         )
-        return [
-            Interaction(user, item, tuple(json.loads(cats)), int(label), float(ts))
-            for user, item, cats, label, ts in rows
-        ]
+        return rebuild_histories(
+            (
+                Interaction(user, item, tuple(json.loads(cats)), int(label), float(ts)),
+                None if hist is None else ClickSnapshot(tuple(map(_click, json.loads(hist))), int(keep)),
+            )
+            for user, item, cats, label, ts, hist, keep in rows
+        )
 
     def recent_clicks(self, user_id: str, limit: int) -> list[Click]:
-        if limit <= 0:
-            return []
-        rows = (
-            self._conn()
-            .execute(
-                "SELECT item_id, cats FROM events WHERE user_id = ? AND label = 1 ORDER BY seq DESC LIMIT ?",
-                (user_id, limit),
-            )
-            .fetchall()
-        )
-        return [Click(item, tuple(json.loads(cats))) for item, cats in reversed(rows)]
+        return [_click(json.loads(text)) for text in self._recent(self._conn(), user_id, limit)]
 
     # -- the model registry -------------------------------------------------------
 
@@ -475,3 +505,13 @@ def _info(version: NewVersion, number: int) -> VersionInfo:
         metrics=dict(version.metrics),
         note=version.note,
     )
+
+
+def _list(entries: list[str]) -> str:
+    """JSON texts as one JSON list."""
+    return f"[{','.join(entries)}]"
+
+
+def _click(entry: list[Any]) -> Click:
+    item, cats = entry
+    return Click(str(item), tuple(cats))

@@ -7,7 +7,10 @@ Every key lives under ``{prefix}:``:
 ``{prefix}:period:opened``      when the open period was opened, seconds since the epoch by the server's
                                 clock (absent before the first rollover)
 ``{prefix}:log:{period}``       a stream per period; fields ``user``, ``item``, ``cats`` (JSON list),
-                                ``label`` (0/1) and ``ts`` (float text)
+                                ``label`` (0/1), ``ts`` (float text) and ``hist``: with the user's first
+                                event of the period, their click list as it stood before it (a JSON list
+                                of its entries) and ``keep`` (the list's limit); else empty
+``{prefix}:log:{period}:users`` the users with an event in the period (whose list was snapshotted)
 ``{prefix}:logs:dropped``       the last period whose log was deleted (absent means 0)
 ``{prefix}:clicks:{user_id}``   a list of JSON ``[item_id, [cats...]]``, newest last, trimmed to the
                                 history length
@@ -26,7 +29,7 @@ Every key lives under ``{prefix}:``:
 ``{prefix}:swaps``              pub/sub channel; the new pointer's version is published on every change
 ==============================  ======================================================================
 
-Multi-key steps run as Lua scripts, so they are atomic with respect to one
+Multi-key steps run as Lua scripts (``lua/*.lua`` beside this module), so they are atomic with respect to one
 another: ``append`` and ``rollover`` never interleave, and ``commit_period``
 publishes a version, advances the trainer and moves the pointer in one step.
 The scripts derive the per-period and per-user keys from the prefix, so the
@@ -50,6 +53,7 @@ import json
 import threading
 import time
 from collections.abc import Sequence
+from importlib import resources
 from typing import Any
 
 import redis
@@ -63,6 +67,7 @@ from redis.retry import Retry
 
 from trainer.core.store.base import (
     Click,
+    ClickSnapshot,
     DroppedPeriod,
     EmptyPeriod,
     Interaction,
@@ -72,177 +77,17 @@ from trainer.core.store.base import (
     StoreError,
     UnknownVersion,
     VersionInfo,
+    rebuild_histories,
 )
 
 READ_CHUNK = 10_000  # stream entries per XRANGE reply
 SUBSCRIBE_SECONDS = 5.0  # how long the first wait_for_swap may wait for its subscription to be confirmed
 STATE_CHUNK_BYTES = 128 << 20  # the trainer state is stored in values of at most this size
 
-# KEYS: period. ARGV: prefix, history_length, then per event: user, item, cats, label, ts, click ("" if negative).
-_APPEND = """
-local period = redis.call('GET', KEYS[1]) or '1'
-local stream = ARGV[1] .. ':log:' .. period
-local keep = tonumber(ARGV[2])
-for i = 3, #ARGV, 6 do
-  redis.call('XADD', stream, '*', 'user', ARGV[i], 'item', ARGV[i + 1], 'cats', ARGV[i + 2],
-             'label', ARGV[i + 3], 'ts', ARGV[i + 4])
-  if ARGV[i + 5] ~= '' and keep > 0 then
-    local clicks = ARGV[1] .. ':clicks:' .. ARGV[i]
-    redis.call('RPUSH', clicks, ARGV[i + 5])
-    redis.call('LTRIM', clicks, -keep, -1)
-  end
-end
-return tonumber(period)
-"""
 
-# KEYS: period. ARGV: prefix. Returns the closed period, or minus the open one when it is empty.
-_ROLLOVER = """
-local period = tonumber(redis.call('GET', KEYS[1]) or '1')
-if redis.call('XLEN', ARGV[1] .. ':log:' .. period) == 0 then
-  return -period
-end
-redis.call('SET', KEYS[1], period + 1)
-local now = redis.call('TIME')
-redis.call('SET', KEYS[1] .. ':opened', now[1] .. '.' .. string.format('%06d', tonumber(now[2])))
-return period
-"""
-
-# KEYS: trainer:through, logs:dropped. ARGV: prefix, through.
-# Returns {1, periods deleted} or {0, trained_through} when ``through`` is not trained yet.
-_DROP_LOGS = """
-local trained = tonumber(redis.call('GET', KEYS[1]) or '0')
-local target = tonumber(ARGV[2])
-if target > trained then
-  return {0, trained}
-end
-local dropped = tonumber(redis.call('GET', KEYS[2]) or '0')
-local deleted = 0
-for period = dropped + 1, target do
-  deleted = deleted + redis.call('DEL', ARGV[1] .. ':log:' .. period)
-end
-if target > dropped then
-  redis.call('SET', KEYS[2], target)
-end
-return {1, deleted}
-"""
-
-# The meta JSON arrives without its leading '{"version": N' since only the script knows N.
-# KEYS: version:last, models, pointer. ARGV: prefix, meta tail, weights, channel.
-_PUBLISH_INITIAL = """
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  return 0
-end
-redis.call('SET', KEYS[1], 1)
-redis.call('SET', ARGV[1] .. ':model:1:weights', ARGV[3])
-redis.call('SET', ARGV[1] .. ':model:1:meta', '{"version": 1' .. ARGV[2])
-redis.call('ZADD', KEYS[2], 1, 1)
-redis.call('HSET', KEYS[3], 'version', 1, 'pinned', 0)
-redis.call('PUBLISH', ARGV[4], 1)
-return 1
-"""
-
-# KEYS: trainer:through, trainer:state, version:last, models, pointer, trainer:state:chunks.
-# ARGV: prefix, trained_through, meta tail, weights, keep, channel, then the trainer state's chunks.
-# Returns {1, version} or {0, current trained_through}.
-_COMMIT = """
-local through = tonumber(redis.call('GET', KEYS[1]) or '0')
-local target = tonumber(ARGV[2])
-if target ~= through + 1 then
-  return {0, through}
-end
-local n = redis.call('INCR', KEYS[3])
-redis.call('SET', ARGV[1] .. ':model:' .. n .. ':weights', ARGV[4])
-redis.call('SET', ARGV[1] .. ':model:' .. n .. ':meta', '{"version": ' .. n .. ARGV[3])
-redis.call('ZADD', KEYS[4], n, n)
-redis.call('SET', KEYS[1], target)
-local chunks = #ARGV - 6
-local before = tonumber(redis.call('GET', KEYS[6]) or '1')
-redis.call('SET', KEYS[2], ARGV[7])
-for i = 1, chunks - 1 do
-  redis.call('SET', KEYS[2] .. ':' .. i, ARGV[7 + i])
-end
-for i = chunks, before - 1 do
-  redis.call('DEL', KEYS[2] .. ':' .. i)
-end
-if chunks > 1 then
-  redis.call('SET', KEYS[6], chunks)
-else
-  redis.call('DEL', KEYS[6])
-end
-if redis.call('HGET', KEYS[5], 'pinned') ~= '1' then
-  redis.call('HSET', KEYS[5], 'version', n, 'pinned', 0)
-end
-local pointed = tonumber(redis.call('HGET', KEYS[5], 'version'))
-local excess = redis.call('ZCARD', KEYS[4]) - tonumber(ARGV[5])
-if excess > 0 then
-  for _, old in ipairs(redis.call('ZRANGE', KEYS[4], 0, excess - 1)) do
-    if tonumber(old) ~= pointed then
-      redis.call('DEL', ARGV[1] .. ':model:' .. old .. ':weights', ARGV[1] .. ':model:' .. old .. ':meta')
-      redis.call('ZREM', KEYS[4], old)
-    end
-  end
-end
-redis.call('PUBLISH', ARGV[6], n)
-return {1, n}
-"""
-
-# KEYS: trainer:through, trainer:state, trainer:state:chunks. Returns {through or false, chunks...}:
-# one snapshot, however many chunks the state has.
-_PROGRESS = """
-local out = {redis.call('GET', KEYS[1]) or false}
-local chunks = tonumber(redis.call('GET', KEYS[3]) or '1')
-out[2] = redis.call('GET', KEYS[2]) or false
-for i = 1, chunks - 1 do
-  out[2 + i] = redis.call('GET', KEYS[2] .. ':' .. i)
-end
-return out
-"""
-
-# KEYS: models, pointer. ARGV: version, channel.
-_ACTIVATE = """
-if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then
-  return 0
-end
-redis.call('HSET', KEYS[2], 'version', ARGV[1], 'pinned', 1)
-redis.call('PUBLISH', ARGV[2], ARGV[1])
-return 1
-"""
-
-# KEYS: models, pointer. ARGV: channel. Returns the newest version, or 0 when there is none.
-_UNPIN = """
-local newest = redis.call('ZRANGE', KEYS[1], -1, -1)[1]
-if newest then
-  redis.call('HSET', KEYS[2], 'version', newest, 'pinned', 0)
-else
-  redis.call('HDEL', KEYS[2], 'version')
-  redis.call('HSET', KEYS[2], 'pinned', 0)
-  newest = 0
-end
-redis.call('PUBLISH', ARGV[1], newest)
-return tonumber(newest)
-"""
-
-# KEYS: lease. ARGV: owner, milliseconds.
-_ACQUIRE = """
-local holder = redis.call('GET', KEYS[1])
-if not holder then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  return 1
-end
-if holder == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-return 0
-"""
-
-# KEYS: lease. ARGV: owner.
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-"""
+def _script(name: str) -> str:
+    """A Lua script shipped beside this module (``lua/{name}.lua``)."""
+    return resources.files("trainer.core.store").joinpath("lua", f"{name}.lua").read_text()
 
 
 def _retry() -> Retry:
@@ -270,16 +115,16 @@ class RedisStore(Store):
         )
         self._async: redis.asyncio.Redis | None = None
         self._channel = self._key("swaps")
-        self._append = self._redis.register_script(_APPEND)
-        self._progress = self._redis.register_script(_PROGRESS)
-        self._rollover = self._redis.register_script(_ROLLOVER)
-        self._drop_logs = self._redis.register_script(_DROP_LOGS)
-        self._publish_initial = self._redis.register_script(_PUBLISH_INITIAL)
-        self._commit = self._redis.register_script(_COMMIT)
-        self._activate = self._redis.register_script(_ACTIVATE)
-        self._unpin = self._redis.register_script(_UNPIN)
-        self._acquire = self._redis.register_script(_ACQUIRE)
-        self._release = self._redis.register_script(_RELEASE)
+        self._append = self._redis.register_script(_script("append"))
+        self._progress = self._redis.register_script(_script("progress"))
+        self._rollover = self._redis.register_script(_script("rollover"))
+        self._drop_logs = self._redis.register_script(_script("drop_logs"))
+        self._publish_initial = self._redis.register_script(_script("publish_initial"))
+        self._commit = self._redis.register_script(_script("commit"))
+        self._activate = self._redis.register_script(_script("activate"))
+        self._unpin = self._redis.register_script(_script("unpin"))
+        self._acquire = self._redis.register_script(_script("acquire"))
+        self._release = self._redis.register_script(_script("release"))
         self._pubsub: PubSub | None = None
         self._pubsub_lock = threading.Lock()
 
@@ -326,7 +171,7 @@ class RedisStore(Store):
         try:
             period: Any = await client.evalsha(self._append.sha, len(keys), *keys, *args)
         except redis.exceptions.NoScriptError:  # a restarted server has forgotten it
-            period = await client.eval(_APPEND, len(keys), *keys, *args)
+            period = await client.eval(_script("append"), len(keys), *keys, *args)
         return int(period)
 
     async def recent_clicks_async(self, user_id: str, limit: int) -> list[Click]:
@@ -367,13 +212,13 @@ class RedisStore(Store):
     def read_period(self, period: int) -> list[Interaction]:
         self._check_kept(period)
         key = self._key("log", period)
-        events: list[Interaction] = []
+        events: list[tuple[Interaction, ClickSnapshot | None]] = []
         start: bytes | str = "-"
         while True:
             chunk: Any = self._redis.xrange(key, min=start, max="+", count=READ_CHUNK)
             events += (_interaction(fields) for _, fields in chunk)
             if len(chunk) < READ_CHUNK:
-                return events
+                return rebuild_histories(events)
             start = b"(" + chunk[-1][0]
 
     def recent_clicks(self, user_id: str, limit: int) -> list[Click]:
@@ -539,18 +384,28 @@ class RedisStore(Store):
             self._async = None
 
 
-def _clicks(raw: list[bytes]) -> list[Click]:
-    return [Click(str(item), tuple(cats)) for item, cats in map(json.loads, raw)]
+def _clicks(raw: list[Any], parsed: bool = False) -> list[Click]:
+    """Click-list entries (JSON ``[item_id, [cats...]]``, or already parsed) as clicks."""
+    return [Click(str(item), tuple(cats)) for item, cats in (raw if parsed else map(json.loads, raw))]
 
 
-def _interaction(fields: dict[bytes, bytes]) -> Interaction:
-    return Interaction(
+def _snapshot(fields: dict[bytes, bytes]) -> ClickSnapshot | None:
+    # an empty ``hist``: not the user's first event of the period; none: logged before histories were
+    hist = fields.get(b"hist")
+    if not hist:
+        return None
+    return ClickSnapshot(tuple(_clicks(json.loads(hist), parsed=True)), int(fields[b"keep"]))
+
+
+def _interaction(fields: dict[bytes, bytes]) -> tuple[Interaction, ClickSnapshot | None]:
+    event = Interaction(
         user_id=fields[b"user"].decode(),
         item_id=fields[b"item"].decode(),
         categories=tuple(json.loads(fields[b"cats"])),
         label=int(fields[b"label"]),
         timestamp=float(fields[b"ts"]),
     )
+    return event, _snapshot(fields)
 
 
 def _draft(version: NewVersion) -> VersionInfo:

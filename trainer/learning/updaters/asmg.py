@@ -1,4 +1,4 @@
-"""ASMG (ASMG.md §2–4): IU base models plus a meta generator over their sequence.
+"""ASMG (docs/method.md §2–4): IU base models plus a meta generator over their sequence.
 
 At the close of period t, with IU versions Θ_{t-k}..Θ_{t-1} kept:
 
@@ -73,7 +73,7 @@ class MetaConfig:
 
 
 def step_weights(strategy: Strategy, steps: int) -> list[float]:
-    """λ_j for the output after each window step (ASMG.md §4)."""
+    """λ_j for the output after each window step (docs/method.md §4)."""
     if strategy == "single":
         return [0.0] * (steps - 1) + [1.0]
     if strategy == "unif":

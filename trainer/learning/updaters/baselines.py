@@ -1,4 +1,4 @@
-"""The paper's sample- and loss-based baselines: IncCTR and SPMF (ASMG.md §7)."""
+"""The paper's sample- and loss-based baselines: IncCTR and SPMF (docs/method.md §7)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""IU and BU-w: retrain the base model on the newest period(s) (ASMG.md §1)."""
+"""IU and BU-w: retrain the base model on the newest period(s) (docs/method.md §1)."""
 
 from __future__ import annotations
 

@@ -1,13 +1,14 @@
-"""Point-in-time user histories: the features both training and serving use.
+"""Point-in-time user histories for the replay, which has a whole log and no store.
 
 A user's history for an event is the item refs of their most recent positives
 logged strictly before that event's timestamp. The event itself, anything
-later, and anything at the same instant are never included.
+later, and anything at the same instant are never included. (The service takes
+its histories from the store's click lists instead; on a log with distinct
+timestamps the two agree, which tests/test_online_features.py checks.)
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from typing import Generic, TypeVar
 
@@ -21,28 +22,11 @@ class HistoryBuilder(Generic[Ref]):
 
     Holds per user the last ``length`` positives plus any that share the newest
     timestamp, so a query at that timestamp still finds ``length`` earlier ones.
-    With ``max_users``, only the users who clicked most recently are kept: beyond
-    it the one whose last click is oldest is forgotten (a later event of theirs
-    has an empty history), which bounds the memory to ``max_users`` histories.
     """
 
-    def __init__(self, length: int, max_users: int | None = None) -> None:
+    def __init__(self, length: int) -> None:
         self.length = length
-        self.max_users = max_users
-        # least recently clicking user first
-        self._clicks: OrderedDict[Hashable, list[tuple[int, Ref]]] = OrderedDict()
-
-    def __len__(self) -> int:
-        """Users whose clicks are kept."""
-        return len(self._clicks)
-
-    def state_dict(self) -> dict[Hashable, list[tuple[int, Ref]]]:
-        """Per user, least recently clicking first, the clicks later queries can still see."""
-        return {user: self._visible(clicks) for user, clicks in self._clicks.items()}
-
-    def load_state_dict(self, state: dict[Hashable, list[tuple[int, Ref]]]) -> None:
-        self._clicks = OrderedDict((user, [(int(ts), ref) for ts, ref in clicks]) for user, clicks in state.items())
-        self._forget_beyond_max()
+        self._clicks: dict[Hashable, list[tuple[int, Ref]]] = {}
 
     def history(self, user: Hashable, timestamp: int) -> list[Ref]:
         """Refs of the user's latest positives before ``timestamp``, oldest first."""
@@ -55,12 +39,7 @@ class HistoryBuilder(Generic[Ref]):
 
     def add(self, user: Hashable, timestamp: int, ref: Ref) -> None:
         """Record a positive. Timestamps per user must not go backwards."""
-        clicks = self._clicks.get(user)
-        if clicks is None:
-            clicks = self._clicks[user] = []
-            self._forget_beyond_max()
-        else:
-            self._clicks.move_to_end(user)
+        clicks = self._clicks.setdefault(user, [])
         if clicks and timestamp < clicks[-1][0]:
             raise ValueError("positives must be added in time order")
         clicks.append((timestamp, ref))
@@ -71,20 +50,11 @@ class HistoryBuilder(Generic[Ref]):
 
     def _visible_count(self, clicks: list[tuple[int, Ref]]) -> int:
         """How many of the newest clicks a query can still see: ``length`` and any sharing the newest timestamp."""
-        if not clicks:
-            return 0
         newest = clicks[-1][0]
         same = 1
         while same < len(clicks) and clicks[-same - 1][0] == newest:
             same += 1
         return same + self.length
-
-    def _visible(self, clicks: list[tuple[int, Ref]]) -> list[tuple[int, Ref]]:
-        return clicks[max(0, len(clicks) - self._visible_count(clicks)) :]
-
-    def _forget_beyond_max(self) -> None:
-        while self.max_users is not None and len(self._clicks) > self.max_users:
-            self._clicks.popitem(last=False)
 
 
 def build_histories(users: Sequence[Hashable], timestamps: np.ndarray, labels: np.ndarray, length: int) -> np.ndarray:
