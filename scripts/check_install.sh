@@ -18,5 +18,12 @@ cd "$work"
 export XDG_CACHE_HOME="$work/cache"  # the GRU kernels are built from the installed source, not a cached build
 "$work/venv/bin/asmg" demo --periods 5
 ls "$XDG_CACHE_HOME"/asmg/native/gru-*.so >/dev/null
+# the research commands say which extra they need, and run once it is installed
+if "$work/venv/bin/asmg" pretrain --dataset ml-latest-small --out "$work/theta0.pt" 2>"$work/err"; then
+  echo "check_install: pretrain ran without the research extra" >&2; exit 1
+fi
+grep -q "asmg-serve\[research\]" "$work/err" || { cat "$work/err" >&2; exit 1; }
+wheel=$(ls "$work"/dist/*.whl)
+"$work/venv/bin/pip" install --quiet --disable-pip-version-check "$wheel[research]"
 "$work/venv/bin/asmg" pretrain --dataset ml-latest-small --epochs 1 --out "$work/theta0.pt"
-echo "check_install: the wheel installs without extras and runs from $work"
+echo "check_install: the wheel runs the demo without extras, and the research commands with [research], from $work"

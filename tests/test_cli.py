@@ -95,3 +95,19 @@ def test_all_methods_is_the_papers_whole_table() -> None:
     from trainer.research.cli import build_parser
 
     assert build_parser().parse_args(["replay", "--synthetic", "--methods", "all"]).methods == list(METHODS)
+
+
+@pytest.mark.parametrize("missing", ["pandas", "matplotlib"])
+def test_a_research_command_without_the_research_extra_names_it(tmp_path: Path, missing: str) -> None:
+    # None in sys.modules makes the import fail as an absent package's would
+    script = f"import sys; sys.modules[{missing!r}] = None; from app.cli import main; sys.exit(main(sys.argv[1:]))"
+    data = write_ratings(tmp_path, 31 * 40)
+    run = subprocess.run(
+        [sys.executable, "-c", script, "replay", "--data", str(data), "--methods", "iu", "--out", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 2, run.stderr
+    assert f"needs {missing}" in run.stderr and "asmg-serve[research]" in run.stderr
+    assert "Traceback" not in run.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -20,6 +21,16 @@ if TYPE_CHECKING:
     from trainer.research.replay import PeriodResult
 
 log = logging.getLogger("asmg")
+
+
+# what the research commands need beyond the service (the `research` extra)
+RESEARCH_PACKAGES = ("pandas", "matplotlib", "tqdm")
+
+
+def require_research_extra() -> None:
+    """Import what the research commands need, so that a missing extra stops one before any work."""
+    for name in RESEARCH_PACKAGES:
+        importlib.import_module(name)
 
 
 def _methods(value: str) -> list[str]:
@@ -170,6 +181,7 @@ def load_events(args: argparse.Namespace) -> tuple[str, EventTable]:
 
 
 def run_replay(args: argparse.Namespace) -> int:
+    require_research_extra()
     import torch
 
     from trainer.learning.updaters import meta_config
@@ -251,6 +263,7 @@ def write_outputs(
 
 
 def run_report(args: argparse.Namespace) -> int:
+    require_research_extra()
     from trainer.research.report import read_periods_csv
 
     seen: set[tuple[str, int, int]] = set()
@@ -268,6 +281,7 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def run_fetch(args: argparse.Namespace) -> int:
+    require_research_extra()
     from trainer.research import datasets
 
     print(datasets.fetch_dataset(args.name, args.cache_dir))
@@ -285,6 +299,7 @@ def add_report_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_pretrain(args: argparse.Namespace) -> int:
+    require_research_extra()
     from trainer.core.model import checkpoint_bytes
     from trainer.core.settings import Settings
     from trainer.learning.learner import BaseLearner
@@ -330,6 +345,15 @@ def main(argv: list[str] | None = None, extra: Sequence[AddParsers] = ()) -> int
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return int(args.handler(args))
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in RESEARCH_PACKAGES:
+            raise
+        print(
+            f"asmg: error: `asmg {args.command}` needs {exc.name}, from the research extra: "
+            "pip install 'asmg-serve[research]'",
+            file=sys.stderr,
+        )
+        return 2
     except (DataError, ValueError, OSError) as exc:
         print(f"asmg: error: {exc}", file=sys.stderr)
         return 2
