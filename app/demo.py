@@ -13,50 +13,18 @@ import http.client
 import json
 import secrets
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import uvicorn
-
-from app.main import create_app
-from app.transport import CoalescingHttpProtocol
-from trainer.core.events import EventTable
+from app.server import server_in_thread
 from trainer.core.settings import Settings
+from trainer.research.events import EventTable
 from trainer.research.synthetic import synthetic_events
 
 BATCH = 500
-
-
-@contextmanager
-def running_server(settings: Settings, port: int = 0) -> Iterator[str]:
-    """Serve ``create_app(settings)`` from a thread; yields its base URL."""
-    config = uvicorn.Config(
-        create_app(settings),
-        host="127.0.0.1",
-        port=port,
-        http=CoalescingHttpProtocol,
-        log_level="warning",
-        lifespan="on",
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the demo server did not start")
-        time.sleep(0.05)
-    bound = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{bound}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 class DemoClient:
@@ -146,7 +114,7 @@ def run_demo(periods: int, state_dir: Path | None, port: int, seed: int) -> int:
         settings = demo_settings(state_dir or Path(scratch), token, seed)
         table = synthetic_events(n_periods=periods, seed=seed)
         per_period = len(table) // periods
-        with running_server(settings, port) as url, closing(DemoClient(url, token)) as client:
+        with server_in_thread(settings, port) as url, closing(DemoClient(url, token)) as client:
             print(f"asmg demo: serving on {url} (store in {settings.state_dir}), method {settings.method}")
             print(f"{'period':>6} {'events':>6} {'served':>7} {'AUC':>7} {'LogLoss':>8} {'IU AUC':>7}  next model")
             served = 1

@@ -1,6 +1,6 @@
 """Prometheus metrics of the API, in a registry of its own.
 
-Request counters and latency come from an ASGI middleware; model and swap
+Request counters and latency come from the dispatcher (``app/dispatch.py``); model and swap
 metrics from the serving code; trainer and period metrics are read from the
 store at scrape time, so they are right whichever process trained.
 
@@ -22,7 +22,6 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from trainer.core.health import PHASES, TRAINER_STATES, trainer_health
 from trainer.core.store.base import Store
@@ -163,33 +162,3 @@ def trainer_families(status: dict[str, Any], now: float, stall_seconds: float) -
     ):
         if status.get(key) is not None:
             yield GaugeMetricFamily(name, help_text, value=float(status[key]))
-
-
-class RequestMetrics:
-    """Pure ASGI middleware: counts and times requests by route template."""
-
-    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            route = scope.get("route")
-            # the template (/admin/models/{version}/activate), never the raw path: bounded label values
-            path = getattr(route, "path", "unmatched")
-            self.metrics.requests.labels(path, str(status)).inc()
-            self.metrics.latency.labels(path).observe(time.perf_counter() - started)

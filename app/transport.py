@@ -6,6 +6,12 @@ The protocol here hands uvicorn a transport that gathers the writes made
 in one turn of the event loop and sends them together at the start of the
 next (or at once, if the connection is closing). Measured in
 docs/benchmarks.md.
+
+It subclasses uvicorn's private ``HttpToolsProtocol``, relying on its
+constructor's keywords, on ``connection_made(transport)`` keeping the
+transport it is handed and writing every response through it, and on its
+``loop`` attribute. tests/test_transport.py fails if any of that changes;
+it passes with uvicorn 0.30.0 to 0.55.0 (the whole suite runs on 0.55.0).
 """
 
 from __future__ import annotations

@@ -67,17 +67,12 @@ def serve_one(settings: Settings, index: int = 0, metrics_dir: str | None = None
     directory its metrics share with the other processes'."""
     if metrics_dir is not None:  # before prometheus_client is imported: it reads this once
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-    import uvicorn
-
-    from app.main import create_app
-    from app.transport import CoalescingHttpProtocol
+    from app.server import serve_forever
 
     logging.getLogger("asmg").setLevel(logging.INFO)
     if index > 0:
         settings = settings.model_copy(update={"trainer_in_process": False})
-    sock = listening_socket(settings.host, settings.port)
-    config = uvicorn.Config(create_app(settings), http=CoalescingHttpProtocol, log_level="info", access_log=False)
-    uvicorn.Server(config).run(sockets=[sock])
+    serve_forever(settings, listening_socket(settings.host, settings.port))
 
 
 def serve(settings: Settings) -> int:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import socket
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from app.server import server_in_thread
 from trainer.core.settings import Settings
 from trainer.research.synthetic import synthetic_events
 
@@ -36,6 +39,13 @@ def small_settings(state_dir: Path, redis_url: str | None = None, **overrides: A
     }
     values.update(overrides)
     return Settings(**values)
+
+
+@contextmanager
+def running_server(settings: Settings) -> Iterator[str]:
+    """The service under ``settings`` on a free loopback port, in this process; yields its base URL."""
+    with server_in_thread(settings) as url:
+        yield url
 
 
 def traffic(periods: int, seed: int = 0, per_period: int = 150) -> list[list[dict[str, Any]]]:

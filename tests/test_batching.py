@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from app.batching import MicroBatcher, NoModelError
-from app.encoding import Candidate, Encoded, PredictQuery, RequestEncoder
+from app.encoding import Encoded, RequestEncoder
+from app.schemas import Candidate, PredictRequest
 from app.serving import ModelHolder, ServedModel
 from trainer.core.config import ModelConfig
 from trainer.core.model import EmbMLP
-from trainer.core.settings import Settings
 from trainer.core.store.base import Click, VersionInfo
 
 CONFIG = ModelConfig(user_buckets=256, item_buckets=256, category_buckets=16, history_length=5, hidden=(8, 4))
@@ -26,10 +26,10 @@ def served(seed: int, version: int) -> ServedModel:
 
 
 def request(user: str, n_items: int, clicks: int) -> Encoded:
-    encoder = RequestEncoder(CONFIG, Settings())
+    encoder = RequestEncoder(CONFIG)
     # a request with two categories on every other item, as wide as the other requests or wider
     keys = [Candidate(f"{user}-i{k}", tuple(f"c{c}" for c in range(k % 3))) for k in range(n_items)]
-    row, candidates = encoder.candidates(PredictQuery(user, keys, None))
+    row, candidates = encoder.candidates(PredictRequest(user, keys, None))
     history = encoder.logged_history([Click(f"h{k}", ("c1",)) for k in range(clicks)])
     return Encoded(row, *candidates, *history)
 

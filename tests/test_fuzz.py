@@ -26,8 +26,7 @@ import schemathesis
 from schemathesis.engine import events
 from schemathesis.engine import from_schema as engine_for
 
-from app.demo import running_server
-from tests.service import AUTH, small_settings
+from tests.service import AUTH, running_server, small_settings
 
 EXAMPLES = 800  # fuzzed requests per operation and run, besides the coverage phase's own
 SEED = 20210927

@@ -12,9 +12,8 @@ import pytest
 import redis
 import torch
 
-from app.demo import running_server
 from app.serving import ModelHolder, SwapWatcher
-from tests.service import AUTH, post_period, small_settings, traffic, trained_through, wait_for
+from tests.service import AUTH, post_period, running_server, small_settings, traffic, trained_through, wait_for
 from trainer.core.health import PHASES
 from trainer.core.registry import ensure_initial_model, initial_params, load_version, new_version
 from trainer.core.settings import Settings

@@ -4,9 +4,15 @@ and nothing written is lost when the connection closes."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import socket
+from typing import Any
 
-from app.transport import CoalescedTransport
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
+
+from app.transport import CoalescedTransport, CoalescingHttpProtocol
 
 
 async def _pair() -> tuple[asyncio.Transport, socket.socket]:
@@ -59,3 +65,69 @@ def test_close_sends_what_is_pending_first() -> None:
         return _read_all(theirs)
 
     assert asyncio.run(run()) == b"last words"
+
+
+# What app/transport.py relies on in uvicorn's private HttpToolsProtocol, checked against the
+# installed uvicorn: its constructor's keywords, connection_made(transport) keeping the transport
+# it is handed and writing every response through it (head and body, which the wrapper joins),
+# and the ``loop`` attribute the wrapper schedules its flush on.
+
+
+class RecordingTransport:
+    """A transport that records each write it passes on."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+        self.transport.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.transport, name)
+
+
+async def _hello(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] == "http":
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"5")]})
+        await send({"type": "http.response.body", "body": b"hello"})
+
+
+def test_uvicorns_protocol_still_has_the_shape_the_coalescing_protocol_uses() -> None:
+    assert list(inspect.signature(HttpToolsProtocol.connection_made).parameters) == ["self", "transport"]
+    assert {"config", "server_state", "app_state", "_loop"} <= set(inspect.signature(HttpToolsProtocol).parameters)
+    recorded: list[RecordingTransport] = []
+
+    class Recorded(CoalescingHttpProtocol):
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            recorded.append(RecordingTransport(transport))
+            super().connection_made(recorded[-1])  # type: ignore[arg-type]
+
+    async def two_requests() -> bytes:
+        loop = asyncio.get_running_loop()
+        config = uvicorn.Config(_hello, http=Recorded, lifespan="off", log_level="warning")
+        config.load()
+        state = ServerState()
+        server = await loop.create_server(
+            lambda: Recorded(config=config, server_state=state, app_state={}, _loop=loop), "127.0.0.1", 0
+        )
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        answers = b""
+        for last in (False, True):
+            close = b"connection: close\r\n" if last else b""
+            writer.write(b"GET / HTTP/1.1\r\nhost: test\r\n" + close + b"\r\n")
+            answers += await (reader.read() if last else reader.readuntil(b"hello"))
+        writer.close()
+        server.close()
+        await server.wait_closed()
+        return answers
+
+    answers = asyncio.run(two_requests())
+    assert answers.count(b"HTTP/1.1 200 OK") == 2 and answers.endswith(b"hello")
+    [connection] = recorded
+    assert [w.startswith(b"HTTP/1.1 200 OK") and w.endswith(b"\r\n\r\nhello") for w in connection.writes] == [
+        True,
+        True,
+    ]
