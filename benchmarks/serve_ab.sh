@@ -16,21 +16,13 @@ set -euo pipefail
 rev=$1
 shift
 root=$(cd "$(dirname "$0")/.." && pwd)
-bench=$(cd "${ASMG_BENCH_DIR:-$root/../shared/bench}" && pwd)
-python=$root/.venv/bin/python
-[[ -x $python ]] || { echo "serve_ab: $python missing; run the README's setup first" >&2; exit 2; }
 git -C "$root" rev-parse --verify --quiet "$rev^{commit}" >/dev/null || { echo "serve_ab: unknown revision $rev" >&2; exit 2; }
 work=$(mktemp -d /tmp/asmg-ab.XXXXXX)
+source "$root/benchmarks/peer_setup.sh"
 git -C "$root" worktree add --detach --quiet "$work/old" "$rev"
 trap 'git -C "$root" worktree remove --force "$work/old"' EXIT
 
-[[ -s $bench/model.pt ]] || (cd "$bench" && "$python" model.py >/dev/null)
-"$python" "$bench/tools.py" gen "$work/data" >/dev/null
-"$python" "$bench/tools.py" convert "$work/data/bodies.jsonl" "$work/bodies.jsonl" >/dev/null
-
-settings="ASMG_EMBEDDING_DIM=16 ASMG_USER_BUCKETS=50000 ASMG_ITEM_BUCKETS=50000 ASMG_CATEGORY_BUCKETS=1000"
-settings+=" ASMG_HISTORY_LENGTH=30 ASMG_HIDDEN=200,80 ASMG_TRAINER_IN_PROCESS=false"
-settings+=" ASMG_WORKERS=${ASMG_BENCH_WORKERS:-2}"
+settings="$bench_settings ASMG_WORKERS=${ASMG_BENCH_WORKERS:-2}"
 old="cd $work/old && exec env $settings ASMG_STATE_DIR=$work/state-old ASMG_PORT=8001 PYTHONPATH=$work/old"
 old+=" $python -m app.cli serve"
 new="cd $root && exec env $settings ASMG_STATE_DIR=$work/state-new ASMG_PORT=8002 $python -m app.cli serve"

@@ -14,21 +14,10 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-bench=$(cd "${ASMG_BENCH_DIR:-$root/../shared/bench}" && pwd)
-python=$root/.venv/bin/python
-[[ -x $python ]] || { echo "serve_vs_peers: $python missing; run the README's setup first" >&2; exit 2; }
 work=$(mktemp -d /tmp/asmg-vs-peers.XXXXXX)
-
-# The harness's bodies are seeded, so these are the ones it sends the peers.
-[[ -s $bench/model.pt ]] || (cd "$bench" && "$python" model.py >/dev/null)
-"$python" "$bench/tools.py" gen "$work/data" >/dev/null
-"$python" "$bench/tools.py" convert "$work/data/bodies.jsonl" "$work/bodies.jsonl" >/dev/null
-
-# The benchmark model: 16-wide embeddings, MLP 200 -> 80 -> 1, 50k users and
-# items, 1k categories, 30 history items. No trainer: serving only.
-settings="ASMG_STATE_DIR=$work/state ASMG_EMBEDDING_DIM=16 ASMG_USER_BUCKETS=50000 ASMG_ITEM_BUCKETS=50000"
-settings+=" ASMG_CATEGORY_BUCKETS=1000 ASMG_HISTORY_LENGTH=30 ASMG_HIDDEN=200,80 ASMG_TRAINER_IN_PROCESS=false"
-settings+=" ASMG_PORT=8000 ASMG_WORKERS=${ASMG_BENCH_WORKERS:-1} ${ASMG_BENCH_ENV:-}"
+source "$root/benchmarks/peer_setup.sh"
+settings="$bench_settings ASMG_STATE_DIR=$work/state ASMG_PORT=8000 ASMG_WORKERS=${ASMG_BENCH_WORKERS:-1}"
+settings+=" ${ASMG_BENCH_ENV:-}"
 
 cd "$bench"
 ./run_peers.sh \
