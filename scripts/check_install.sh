@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The README's first command as a new user meets it: the wheel, installed without extras into a
 # fresh virtual environment, run from outside the checkout, with an empty cache. A runtime import
-# that only the dev extra installs, or package data the wheel lacks (the GRU's C source, the shipped
-# data set), fails here.
+# that only the dev extra installs, or package data the wheel lacks (the GRU's C source, the Lua
+# scripts, the shipped data set), fails here.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d /tmp/asmg-install.XXXXXX)
@@ -18,6 +18,8 @@ cd "$work"
 export XDG_CACHE_HOME="$work/cache"  # the GRU kernels are built from the installed source, not a cached build
 "$work/venv/bin/asmg" demo --periods 5
 ls "$XDG_CACHE_HOME"/asmg/native/gru-*.so >/dev/null
+# the Redis store's Lua scripts are package data too (the demo's store is SQLite)
+"$work/venv/bin/python" -c "from trainer.core.store.redis_store import _script; _script('append'); _script('commit')"
 # the research commands say which extra they need, and run once it is installed
 if "$work/venv/bin/asmg" pretrain --dataset ml-latest-small --out "$work/theta0.pt" 2>"$work/err"; then
   echo "check_install: pretrain ran without the research extra" >&2; exit 1
