@@ -1,4 +1,5 @@
-"""``asmg``: the research commands of ``trainer.research.cli`` plus ``serve``, ``trainer`` and ``demo``."""
+"""``asmg``: the research commands of ``trainer.research.cli`` plus ``serve``, ``trainer``, ``demo``
+and ``admin``."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from types import FrameType
 
 from redis.exceptions import RedisError
 
+from app.admin_cli import add_admin_parser
 from app.workers import PortInUse
 from trainer.core.registry import ModelLoadError
 from trainer.core.settings import Settings
@@ -99,7 +101,7 @@ def add_service_parsers(sub: argparse._SubParsersAction) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        return trainer_cli.main(argv, extra=[add_service_parsers])
+        return trainer_cli.main(argv, extra=[add_service_parsers, add_admin_parser])
     except (StoreError, ModelLoadError, RedisError, PortInUse) as exc:
         print(f"asmg: error: {exc}", file=sys.stderr)
         return 2

@@ -38,6 +38,11 @@ class Settings(BaseSettings):
         "development", description="`production` refuses to start without ASMG_ADMIN_TOKEN."
     )
     admin_token: SecretStr | None = Field(None, description="Bearer token for /admin; required in production.")
+    api_url: str = Field(
+        "http://127.0.0.1:8000",
+        pattern=r"^https?://",
+        description="The API `asmg admin` talks to (through a load balancer, any replica will do).",
+    )
     max_body_bytes: int = Field(16 << 20, ge=1, description="Largest request body accepted (413 above).")
     max_items: int = Field(1000, ge=1, description="Most candidate items in one /v1/predict request.")
     max_history: int = Field(1000, ge=0, description="Most item ids in a client-supplied /v1/predict history.")
