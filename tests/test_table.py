@@ -34,10 +34,14 @@ def test_an_interrupted_table_resumes_without_redoing_runs(tmp_path: Path) -> No
     assert {(r.method, r.seed) for r in results} == {(m, s) for m in ("iu", "incctr") for s in (0, 1)}
 
 
-def test_parallel_processes_give_the_same_table(tmp_path: Path) -> None:
+def test_parallel_processes_give_the_same_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = write_ratings(tmp_path, 31 * 40)
     assert replay(data, tmp_path / "one", "iu,asmg-gru-multi") == 0
+    capsys.readouterr()
     assert replay(data, tmp_path / "two", "iu,asmg-gru-multi", "--jobs", "2") == 0
+    # progress counts periods (with an ETA), not only whole runs: 4 runs of 20 updates each
+    progress = capsys.readouterr().err
+    assert "4/4 runs" in progress and "80/80" in progress
     # runs are shared out one by one, so one process loads the Θ_0 the other pre-trained and saved
     assert sorted(p.name for p in (tmp_path / "two" / "pretrained").glob("*.pt")) == [
         "seed0-emb-mlp.pt",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import queue
 import sys
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, wait
@@ -121,18 +122,21 @@ def run_one(
 
 
 # A pool process's own Replay, built once by its initializer: every run it
-# is handed then shares the encoded log and the pre-trained models.
+# is handed then shares the encoded log and the pre-trained models. Each
+# period it scores is reported on the pool's queue, for the progress bar.
 _process_replay: Replay | None = None
+_process_progress: Any = None
 
 
-def _start_process(spec: TableSpec, out: Path) -> None:
-    global _process_replay
+def _start_process(spec: TableSpec, out: Path, progress: Any) -> None:
+    global _process_replay, _process_progress
     _process_replay = open_replay(spec, out)
+    _process_progress = progress
 
 
 def _run_in_process(spec: TableSpec, out: Path, method: str, seed: int) -> None:
     assert _process_replay is not None, "the pool's initializer builds the replay"
-    run_one(_process_replay, spec, out, method, seed)
+    run_one(_process_replay, spec, out, method, seed, on_period=lambda _: _process_progress.put(1))
 
 
 def run_table(spec: TableSpec, out: Path, jobs: int = 1) -> list[PeriodResult]:
@@ -157,22 +161,33 @@ def run_table(spec: TableSpec, out: Path, jobs: int = 1) -> list[PeriodResult]:
         # A pool's initializer error only breaks the pool; refuse bad data here, with its own message.
         period_bounds(len(load_source(spec.source, spec.name)), spec.protocol.periods)
         context = multiprocessing.get_context("spawn")  # a clean torch per process
+        progress = context.Queue()
         with (
             ProcessPoolExecutor(
                 max_workers=min(jobs, len(todo)),
                 mp_context=context,
                 initializer=_start_process,
-                initargs=(spec, out),
+                initargs=(spec, out, progress),
             ) as pool,
-            tqdm(total=len(todo), unit="run", file=sys.stderr) as bar,
+            tqdm(total=len(todo) * updates, unit="period", file=sys.stderr) as bar,
         ):
             futures = [pool.submit(_run_in_process, spec, out, m, s) for m, s in todo]
             while True:
                 done, running = wait(futures, timeout=1.0)
-                bar.n = sum(run_path(out, m, s).exists() for m, s in todo)
-                bar.refresh()
+                bar.update(_drain(progress))
+                bar.set_description(f"{sum(run_path(out, m, s).exists() for m, s in todo)}/{len(todo)} runs")
                 if not running:
                     break
             for future in done:
                 future.result()  # re-raise a worker's error
     return [r for s in range(spec.seeds) for m in spec.methods for r in read_periods_csv(run_path(out, m, s))]
+
+
+def _drain(progress: Any) -> int:
+    """How many periods the pool reported since the last call."""
+    count = 0
+    while True:
+        try:
+            count += progress.get_nowait()
+        except queue.Empty:
+            return count
