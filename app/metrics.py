@@ -92,6 +92,9 @@ def shared_across_processes() -> bool:
     return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 
 
+PUBLISHED = ("generated", "iu", "held")  # what a period can publish (trainer.loop.worker.PeriodReport)
+
+
 class StoreCollector(Collector):
     """Period, pointer and trainer figures, read from the store on each scrape."""
 
@@ -129,6 +132,20 @@ class StoreCollector(Collector):
             value = metrics.get(name)
             if value is not None and math.isfinite(value):
                 yield GaugeMetricFamily(f"asmg_last_period_{name}", help_text, value=value)
+        published = GaugeMetricFamily(
+            "asmg_last_period_published",
+            "1 for what the last trained period published: generated (the method's model), iu, or held.",
+            labels=["choice"],
+        )
+        if last.get("published") in PUBLISHED:
+            for choice in PUBLISHED:
+                published.add_metric([choice], float(last["published"] == choice))
+        yield published
+        yield GaugeMetricFamily(
+            "asmg_trainer_generated_refused_in_a_row",
+            "Periods in a row whose generated model the quality gate or the held-back check refused.",
+            value=int(status.get("generated_refused_in_a_row") or 0),
+        )
         phases = GaugeMetricFamily(
             "asmg_trainer_phase_seconds", "Seconds the last trained period spent per phase.", labels=["phase"]
         )

@@ -2,11 +2,13 @@
 # Set up a virtual environment (if missing) and run lint, types and tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# the tests start their own redis-server on a free loopback port, and build the GRU kernels
-# (trainer/learning/native) with the machine's C compiler: install Debian's where they are missing
+# the tests start their own redis-server on a free loopback port, build the GRU kernels
+# (trainer/learning/native) with the machine's C compiler, and the alert rules are checked with
+# promtool: install Debian's where they are missing
 missing=""
 command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
 command -v cc >/dev/null 2>&1 || missing="$missing gcc libc6-dev"
+command -v promtool >/dev/null 2>&1 || missing="$missing prometheus"  # the alert rules' unit tests
 if [ -n "$missing" ]; then
   sudo_cmd=""
   [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
@@ -21,6 +23,9 @@ python3 -m venv .venv
 .venv/bin/mypy
 # the architecture's import directions ([tool.importlinter] in pyproject.toml)
 .venv/bin/lint-imports
+# the Prometheus configuration and its alert rules, with their unit tests
+promtool check config deploy/prometheus/prometheus.yml >/dev/null
+promtool test rules deploy/prometheus/alerts_test.yml
 set +e
 .venv/bin/pytest -q "$@"
 status=$?

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import torch
 
+from app.metrics import StoreCollector
 from tests.service import small_settings, traffic
 from trainer.core.features import Examples
 from trainer.core.model import checkpoint_bytes
@@ -205,3 +206,20 @@ def test_the_trainer_runs_below_serving_at_the_configured_nice(nice: int) -> Non
     ((before, after),) = seen
     assert after == (before if nice == 0 else max(before, nice))
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
+
+
+def test_refusals_of_the_generated_model_are_counted_in_a_row_and_exported(tmp_path: Path) -> None:
+    settings = small_settings(tmp_path / "state", meta_lr=5.0, quality_gate=False, check_fraction=0.2)
+    store = LocalStore(settings.state_dir)
+    try:
+        ensure_initial_model(store, settings)
+        feed(store, settings, 8)
+        PeriodTrainer(store, settings).train_pending()
+        refused = [v.version for v in store.versions() if v.note.startswith("check:")]
+        assert store.trainer_status()["generated_refused_in_a_row"] == len(refused) == 5
+        families = {f.name: f for f in StoreCollector(store, settings.trainer_stall_seconds).collect()}
+        assert [s.value for s in families["asmg_trainer_generated_refused_in_a_row"].samples] == [5]
+        published = {s.labels["choice"]: s.value for s in families["asmg_last_period_published"].samples}
+        assert published == {"generated": 0, "iu": 1, "held": 0}
+    finally:
+        store.close()

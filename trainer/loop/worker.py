@@ -76,6 +76,7 @@ class Choice:
     params: Params
     method: str  # the version's method label
     note: str = ""
+    refused: bool = False  # a generated model was there to serve, and the gate or the check refused it
 
 
 def encode_stream(events: Sequence[Interaction], config: ModelConfig) -> Examples:
@@ -157,7 +158,8 @@ class PeriodTrainer:
         round, a commit, or a phase of a period while no failed round is outstanding (a period
         failing over and over runs its first phases each time, and must not look alive)."""
         if self.status is None:  # carry over what an earlier trainer recorded (its last period)
-            self.status = {k: v for k, v in self.store.trainer_status().items() if k in ("last_period", "last_success")}
+            carried = ("last_period", "last_success", "generated_refused_in_a_row")
+            self.status = {k: v for k, v in self.store.trainer_status().items() if k in carried}
         now = time.time()
         self.status.update(owner=self.owner, updated=now, **fields)
         if not self.status.get("consecutive_failures"):
@@ -284,8 +286,11 @@ class PeriodTrainer:
         self._drop_old_logs(period)
 
         report = PeriodReport(period, info.version, len(events), choice.published, info.metrics, seconds, choice.note)
+        assert self.status is not None  # written by every phase of this period
+        refusals = int(self.status.get("generated_refused_in_a_row") or 0) + 1 if choice.refused else 0
         self._write_status(
             state="idle",
+            generated_refused_in_a_row=refusals,
             period=None,
             phase=None,
             consecutive_failures=0,
@@ -365,13 +370,14 @@ class PeriodTrainer:
                 iu,
                 note=f"quality gate: on this period the generated model's AUC {metrics['gate_generated_auc']:.4f} "
                 f"was below IU's {metrics['gate_iu_auc']:.4f}; published IU",
+                refused=True,
             )
         else:
             choice = Choice("generated", serving, method)
         if choice.published == "generated":
             refusal = self._check(serving, iu_params, held, metrics)
             if refusal:
-                choice = replace(iu, note=f"{refusal}; published IU")
+                choice = replace(iu, note=f"{refusal}; published IU", refused=True)
         return choice
 
     def _check(self, generated: Params, iu_params: Params, held: Examples | None, metrics: dict[str, float]) -> str:
@@ -411,6 +417,7 @@ class PeriodTrainer:
             params,
             info.method,
             f"held back: the {choice.published} model's weights hold NaN or infinity; republished v{served}'s weights",
+            refused=choice.refused or choice.published == "generated",
         )
 
     def renew_lease(self) -> None:
