@@ -21,8 +21,8 @@ COPY app ./app
 RUN pip install . \
     && useradd --system --uid 10001 --home-dir /var/lib/asmg --create-home asmg
 
-USER asmg
+USER 10001
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=30s --retries=3 \
-    CMD python -c "import os, urllib.request; urllib.request.urlopen(f'http://127.0.0.1:{os.environ.get(\"ASMG_PORT\", \"8000\")}/healthz', timeout=2)"
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('ASMG_PORT', '8000'), timeout=2)"]
 CMD ["asmg", "serve"]

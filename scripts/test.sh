@@ -26,6 +26,9 @@ python3 -m venv .venv
 # the Prometheus configuration and its alert rules, with their unit tests
 promtool check config deploy/prometheus/prometheus.yml >/dev/null
 promtool test rules deploy/prometheus/alerts_test.yml
+# the Dockerfile's lint (.hadolint.yaml) and the Kubernetes manifests against the API's schemas
+.venv/bin/hadolint Dockerfile
+.venv/bin/kubernetes-validate --strict --quiet -k 1.30.0 $(ls deploy/k8s/*.yaml | grep -v kustomization.yaml)
 set +e
 .venv/bin/pytest -q "$@"
 status=$?
