@@ -30,6 +30,8 @@ promtool test rules deploy/prometheus/alerts_test.yml
 # the Dockerfile's lint (.hadolint.yaml) and the Kubernetes manifests against the API's schemas
 .venv/bin/hadolint Dockerfile
 .venv/bin/kubernetes-validate --strict --quiet -k 1.30.0 $(ls deploy/k8s/*.yaml | grep -v kustomization.yaml)
+# the compose file against the Compose specification's schema (vendored by check-jsonschema)
+.venv/bin/check-jsonschema --builtin-schema vendor.compose-spec deploy/compose.yaml
 set +e
 .venv/bin/pytest -q "$@"
 status=$?
