@@ -105,12 +105,16 @@ class StoreCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         try:
             open_period = self.store.open_period()
+            open_events = self.store.period_size(open_period)
             through = self.store.trained_through()
             pointer = self.store.pointer()
             status: dict[str, Any] = self.store.trainer_status()
         except Exception:  # an unreachable store shows as missing series, not a failed scrape
             return
         yield GaugeMetricFamily("asmg_open_period", "The period new interactions land in.", value=open_period)
+        yield GaugeMetricFamily(
+            "asmg_open_period_events", "Interactions logged in the open period so far.", value=open_events
+        )
         yield GaugeMetricFamily("asmg_trained_through", "The last period the trainer committed.", value=through)
         yield GaugeMetricFamily(
             "asmg_model_pinned", "1 when an operator pinned the serving version.", value=pointer.pinned
@@ -128,6 +132,8 @@ class StoreCollector(Collector):
             ("pv_auc", "Progressive-validation AUC of the model that served the last trained period."),
             ("pv_logloss", "Progressive-validation LogLoss of the model that served the last trained period."),
             ("events", "Interactions in the last trained period."),
+            ("gate_generated_auc", "The quality gate's evidence: the generated model's AUC on the last period."),
+            ("gate_iu_auc", "The quality gate's evidence: the AUC of IU's model on the last period."),
         ):
             value = metrics.get(name)
             if value is not None and math.isfinite(value):
