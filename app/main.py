@@ -15,6 +15,7 @@ from app.metrics import ServiceMetrics
 from app.openapi import document_routes, openapi_document
 from app.routing import RouteTable
 from app.runtime import Runtime, start_runtime, stop_runtime
+from app.status_page import status_routes
 from trainer.core.settings import Settings
 from trainer.core.store import open_store
 from trainer.core.store.base import Store
@@ -47,5 +48,5 @@ def create_app(settings: Settings | None = None, store: Store | None = None) -> 
             stop_runtime(runtime, close_store=store is None)
 
     routes = [*api_routes(settings), *admin_routes(settings)]
-    routes += document_routes(openapi_document(routes, INFO), TITLE)
+    routes += document_routes(openapi_document(routes, INFO), TITLE) + status_routes()
     return Dispatcher(RouteTable(routes), metrics, settings.max_body_bytes, running)

@@ -20,6 +20,7 @@ export XDG_CACHE_HOME="$work/cache"  # the GRU kernels are built from the instal
 ls "$XDG_CACHE_HOME"/asmg/native/gru-*.so >/dev/null
 # the Redis store's Lua scripts are package data too (the demo's store is SQLite)
 "$work/venv/bin/python" -c "from trainer.core.store.redis_store import _script; _script('append'); _script('commit')"
+"$work/venv/bin/python" -c "from app.status_page import status_routes; status_routes()"  # and the status page
 # the research commands say which extra they need, and run once it is installed
 if "$work/venv/bin/asmg" pretrain --dataset ml-latest-small --out "$work/theta0.pt" 2>"$work/err"; then
   echo "check_install: pretrain ran without the research extra" >&2; exit 1

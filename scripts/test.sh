@@ -10,6 +10,7 @@ command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
 command -v cc >/dev/null 2>&1 || missing="$missing gcc libc6-dev"
 command -v promtool >/dev/null 2>&1 || missing="$missing prometheus"  # the alert rules' unit tests
 [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || missing="$missing nginx-light"  # the load balancer test
+command -v chromedriver >/dev/null 2>&1 || missing="$missing chromium chromium-driver"  # the status page test
 if [ -n "$missing" ]; then
   sudo_cmd=""
   [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
