@@ -31,6 +31,7 @@ from tests.faults import (
     kill_mid_period,
     roll_over,
     trained,
+    trainer_status,
     training,
     wait_until,
 )
@@ -297,3 +298,64 @@ def test_processes_started_before_their_store_come_up_with_it(
         wait_until(lambda: trained(url, period), 60, "the first period trained")
     finally:
         redis_server.close()
+
+
+def test_a_standby_trainer_takes_over_from_a_killed_lease_holder(
+    tmp_path: Path, redis_server: RedisServer, command: Callable[[list[str], dict[str, str], str], Command]
+) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        **SERVICE_ENV,
+        "ASMG_REDIS_URL": redis_server.url,
+        "ASMG_PORT": str(port),
+        "ASMG_TRAINER_IN_PROCESS": "false",
+        "ASMG_STATE_DIR": str(tmp_path / "state"),
+        "ASMG_LEASE_SECONDS": str(LEASE_SECONDS),
+    }
+    api = command(["serve"], env, "api")
+    trainers = [command(["trainer"], {**env, "ASMG_EPOCHS": "20"}, f"trainer-{n}") for n in (1, 2)]
+    api.start()
+    for trainer in trainers:
+        trainer.start()
+    api.wait_ready(url)
+    traffic = Traffic(url)
+    traffic.start()
+    figures: dict[str, Any] = {}
+    try:
+        first_period(url)
+        last = trainer_status(url)["trainer"]["last_period"]
+        period_seconds = sum(last["seconds"].values())
+
+        def holder() -> Command:
+            pid = int(trainer_status(url)["trainer"]["owner"].split(":")[1])
+            [owner] = [t for t in trainers if t.pid == pid]
+            return owner
+
+        time.sleep(1.0)
+        period = roll_over(url)
+        wait_until(lambda: training(url, period), 60, f"period {period} in training")
+        killed = holder()
+        killed.kill()
+        started = time.monotonic()
+        standby = next(t for t in trainers if t is not killed)
+        wait_until(lambda: training(url, period) and holder() is standby, 60, "the standby training the period")
+        figures["kill_to_standby_training_s"] = round(time.monotonic() - started, 2)
+        wait_until(lambda: trained(url, period), 90, f"period {period} trained by the standby")
+        figures["kill_to_trained_s"] = round(time.monotonic() - started, 2)
+        figures["one_period_training_s"] = round(period_seconds, 2)
+        # the lease lapses, the standby sees it at its next poll, and trains the period from the start
+        limit = LEASE_SECONDS + float(env["ASMG_TRAINER_POLL_SECONDS"]) + 3 * period_seconds + 3.0
+        assert figures["kill_to_trained_s"] < limit, (figures, limit)
+
+        period = roll_over(url)  # and it carries on with the next period
+        wait_until(lambda: trained(url, period), 60, f"period {period} trained")
+        assert holder() is standby and standby.alive()
+    finally:
+        traffic.finish()
+    store = RedisStore(redis_server.url, "asmg")
+    try:
+        figures.update(check_the_record(store, traffic, periods=period))  # each period once, in order
+    finally:
+        store.close()
+    report("standby", figures)
