@@ -27,6 +27,11 @@ from trainer.core.settings import Settings
 from trainer.core.store.base import Interaction
 
 
+def check_route(path: str, handler: Any, body: type, ok: str, failing: str) -> Route:
+    """A health check: 200 when it passes, 503 when it does not, the same body either way."""
+    return Route("GET", path, handler, Reply(body, ok), responses={503: Reply(body, failing)}, tags=("health",))
+
+
 def api_routes(settings: Settings) -> list[Route]:
     return [
         Route(
@@ -47,21 +52,13 @@ def api_routes(settings: Settings) -> list[Route]:
             tags=("logging",),
         ),
         Route("GET", "/healthz", healthz, Reply(Health, "The process is up."), tags=("health",)),
-        Route(
-            "GET",
-            "/readyz",
-            readyz,
-            Reply(Ready, "Ready."),
-            responses={503: Reply(Ready, "Not ready: no model loaded, or the store does not answer.")},
-            tags=("health",),
-        ),
-        Route(
-            "GET",
+        check_route("/readyz", readyz, Ready, "Ready.", "Not ready: no model loaded, or the store does not answer."),
+        check_route(
             "/healthz/trainer",
             trainer_healthz,
-            Reply(TrainerHealthOut, "The trainer makes progress."),
-            responses={503: Reply(TrainerHealthOut, "The trainer has stalled, or the store does not answer.")},
-            tags=("health",),
+            TrainerHealthOut,
+            "The trainer makes progress.",
+            "The trainer has stalled, or the store does not answer.",
         ),
         Route(
             "GET",

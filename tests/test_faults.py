@@ -82,6 +82,20 @@ def check_the_record(store: Store, traffic: Traffic, periods: int) -> dict[str, 
     }
 
 
+def redis_service(tmp_path: Path, redis: RedisServer) -> tuple[str, dict[str, str]]:
+    """The API's URL and the environment of API and trainer processes on ``redis``."""
+    port = free_port()
+    env = {
+        **SERVICE_ENV,
+        "ASMG_REDIS_URL": redis.url,
+        "ASMG_PORT": str(port),
+        "ASMG_TRAINER_IN_PROCESS": "false",
+        "ASMG_STATE_DIR": str(tmp_path / "state"),
+        "ASMG_LEASE_SECONDS": str(LEASE_SECONDS),
+    }
+    return f"http://127.0.0.1:{port}", env
+
+
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path / "redis")
@@ -107,16 +121,7 @@ def command(tmp_path: Path) -> Iterator[Callable[[list[str], dict[str, str], str
 def test_redis_mode_loses_nothing_through_kills_and_a_stall(
     tmp_path: Path, redis_server: RedisServer, command: Callable[[list[str], dict[str, str], str], Command]
 ) -> None:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {
-        **SERVICE_ENV,
-        "ASMG_REDIS_URL": redis_server.url,
-        "ASMG_PORT": str(port),
-        "ASMG_TRAINER_IN_PROCESS": "false",
-        "ASMG_STATE_DIR": str(tmp_path / "state"),
-        "ASMG_LEASE_SECONDS": str(LEASE_SECONDS),
-    }
+    url, env = redis_service(tmp_path, redis_server)
     api = command(["serve"], env, "api")
     trainer = command(["trainer"], {**env, "ASMG_EPOCHS": "20"}, "trainer")
     api.start()
@@ -303,16 +308,7 @@ def test_processes_started_before_their_store_come_up_with_it(
 def test_a_standby_trainer_takes_over_from_a_killed_lease_holder(
     tmp_path: Path, redis_server: RedisServer, command: Callable[[list[str], dict[str, str], str], Command]
 ) -> None:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {
-        **SERVICE_ENV,
-        "ASMG_REDIS_URL": redis_server.url,
-        "ASMG_PORT": str(port),
-        "ASMG_TRAINER_IN_PROCESS": "false",
-        "ASMG_STATE_DIR": str(tmp_path / "state"),
-        "ASMG_LEASE_SECONDS": str(LEASE_SECONDS),
-    }
+    url, env = redis_service(tmp_path, redis_server)
     api = command(["serve"], env, "api")
     trainers = [command(["trainer"], {**env, "ASMG_EPOCHS": "20"}, f"trainer-{n}") for n in (1, 2)]
     api.start()

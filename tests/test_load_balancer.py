@@ -9,29 +9,17 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.faults import wait_ready
 from tests.service import free_port
 
 NGINX = Path(__file__).resolve().parents[1] / "deploy" / "nginx"
 PREDICT = {"user_id": "u1", "items": [{"item_id": "i1", "categories": ["c1"]}, {"item_id": 7}]}
-
-
-def wait_ready(url: str, seconds: float = 60.0) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError(f"{url} never became ready")
 
 
 @pytest.fixture
@@ -54,8 +42,8 @@ def replicas(redis_url: str, tmp_path: Path) -> Iterator[list[tuple[str, subproc
             )
         started.append((f"http://127.0.0.1:{port}", process))
     try:
-        for url, _ in started:
-            wait_ready(url)
+        for url, process in started:
+            wait_ready(url, process, tmp_path / f"api-{url.rsplit(':', 1)[1]}.log")
         yield started
     finally:
         for _, process in started:
@@ -83,7 +71,7 @@ def balancer(replicas: list[tuple[str, subprocess.Popen[bytes]]], tmp_path: Path
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(url)
+        wait_ready(url, process, prefix / "stderr.log")
         yield url
     finally:
         process.send_signal(signal.SIGQUIT)
