@@ -55,6 +55,12 @@ class ServiceMetrics:
             registry=r,
             multiprocess_mode="liveall",
         )
+        self.model_published = Gauge(
+            "asmg_model_published_timestamp_seconds",
+            "When the served version was committed (time() minus this: how stale the served model is).",
+            registry=r,
+            multiprocess_mode="liveall",
+        )
         self.swaps = Counter("asmg_model_swaps", "Model versions swapped in.", registry=r)
         self.load_failures = Counter(
             "asmg_model_load_failures",

@@ -60,6 +60,7 @@ def start_runtime(settings: Settings, store: Store, metrics: ServiceMetrics) -> 
         metrics.swaps.inc()
         metrics.model_version.set(model.version)
         metrics.model_period.set(model.period)
+        metrics.model_published.set(model.info.created)
 
     watcher = SwapWatcher(
         store,

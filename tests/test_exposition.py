@@ -22,7 +22,12 @@ def test_a_trained_service_exposes_lint_clean_metrics_for_every_alert(tmp_path: 
             assert client.post("/admin/rollover", headers=AUTH).status_code == 200
             wait_for(lambda n=number: trained_through(client) >= n, what=f"period {number} trained")
         client.post("/v1/predict", json={"user_id": "u1", "items": [{"item_id": "i1"}]}).raise_for_status()
+        wait_for(lambda: (r := client.get("/readyz").json())["model_version"] == r["pointer_version"], what="swap")
         exposition = client.get("/metrics").text
+        [served] = [v for v in client.get("/admin/models", headers=AUTH).json() if v["serving"]]
+    # the served version's commit time, from which its age is read
+    published = re.search(r"^asmg_model_published_timestamp_seconds (\S+)$", exposition, re.M)
+    assert published and float(published.group(1)) == served["created"]
     lint = subprocess.run(["promtool", "check", "metrics"], input=exposition, capture_output=True, text=True)
     assert lint.returncode == 0, lint.stdout + lint.stderr
     exported = set(re.findall(r"^(asmg_\w+)[{ ]", exposition, re.M))  # sample names, as PromQL names them
