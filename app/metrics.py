@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from trainer.core.health import PHASES, TRAINER_STATES, trainer_health
+from trainer.core.health import PHASES, PUBLISHED, TRAINER_STATES, trainer_health
 from trainer.core.store.base import Store
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -96,9 +96,6 @@ class ServiceMetrics:
 def shared_across_processes() -> bool:
     """Whether the figures live in files the API processes share (see the module docstring)."""
     return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
-
-
-PUBLISHED = ("generated", "iu", "held")  # what a period can publish (trainer.loop.worker.PeriodReport)
 
 
 class StoreCollector(Collector):

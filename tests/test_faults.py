@@ -96,6 +96,16 @@ def redis_service(tmp_path: Path, redis: RedisServer) -> tuple[str, dict[str, st
     return f"http://127.0.0.1:{port}", env
 
 
+def start_with_traffic(url: str, api: Command, trainers: list[Command]) -> Traffic:
+    """Start the API at ``url`` and the trainers; once the API is ready, clients' traffic."""
+    for process in (api, *trainers):
+        process.start()
+    api.wait_ready(url)
+    traffic = Traffic(url)
+    traffic.start()
+    return traffic
+
+
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path / "redis")
@@ -124,11 +134,7 @@ def test_redis_mode_loses_nothing_through_kills_and_a_stall(
     url, env = redis_service(tmp_path, redis_server)
     api = command(["serve"], env, "api")
     trainer = command(["trainer"], {**env, "ASMG_EPOCHS": "20"}, "trainer")
-    api.start()
-    trainer.start()
-    api.wait_ready(url)
-    traffic = Traffic(url)
-    traffic.start()
+    traffic = start_with_traffic(url, api, [trainer])
     figures: dict[str, Any] = {}
     try:
         first_period(url)
@@ -311,12 +317,7 @@ def test_a_standby_trainer_takes_over_from_a_killed_lease_holder(
     url, env = redis_service(tmp_path, redis_server)
     api = command(["serve"], env, "api")
     trainers = [command(["trainer"], {**env, "ASMG_EPOCHS": "20"}, f"trainer-{n}") for n in (1, 2)]
-    api.start()
-    for trainer in trainers:
-        trainer.start()
-    api.wait_ready(url)
-    traffic = Traffic(url)
-    traffic.start()
+    traffic = start_with_traffic(url, api, trainers)
     figures: dict[str, Any] = {}
     try:
         first_period(url)

@@ -15,6 +15,8 @@ from typing import Any
 
 PHASES = ("read", "evaluate", "gate", "update", "check", "publish")
 TRAINER_STATES = ("idle", "training", "retrying")
+# what a trained period can publish: the method's model, IU's instead, or the served weights again
+PUBLISHED = ("generated", "iu", "held")
 HEARTBEAT_SECONDS = 10.0
 
 

@@ -62,7 +62,7 @@ class PeriodReport:
     period: int
     version: int
     events: int
-    published: str  # "generated" (the method's model), "iu", or "held" (the served weights again)
+    published: str  # one of trainer.core.health.PUBLISHED
     metrics: dict[str, float]
     seconds: dict[str, float] = field(default_factory=dict)
     note: str = ""

@@ -44,6 +44,12 @@ class Click:
     item_id: str
     categories: tuple[str, ...]
 
+    @classmethod
+    def from_entry(cls, entry: Any) -> Click:
+        """A click-list entry as both stores keep it: the JSON ``[item_id, [cats...]]``, parsed."""
+        item, cats = entry
+        return cls(str(item), tuple(cats))
+
 
 @dataclass(frozen=True)
 class Interaction:

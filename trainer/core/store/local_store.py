@@ -299,13 +299,13 @@ class LocalStore(Store):
         return rebuild_histories(
             (
                 Interaction(user, item, tuple(json.loads(cats)), int(label), float(ts)),
-                None if hist is None else ClickSnapshot(tuple(map(_click, json.loads(hist))), int(keep)),
+                None if hist is None else ClickSnapshot(tuple(map(Click.from_entry, json.loads(hist))), int(keep)),
             )
             for user, item, cats, label, ts, hist, keep in rows
         )
 
     def recent_clicks(self, user_id: str, limit: int) -> list[Click]:
-        return [_click(json.loads(text)) for text in self._recent(self._conn(), user_id, limit)]
+        return [Click.from_entry(json.loads(text)) for text in self._recent(self._conn(), user_id, limit)]
 
     # -- the model registry -------------------------------------------------------
 
@@ -510,8 +510,3 @@ def _info(version: NewVersion, number: int) -> VersionInfo:
 def _list(entries: list[str]) -> str:
     """JSON texts as one JSON list."""
     return f"[{','.join(entries)}]"
-
-
-def _click(entry: list[Any]) -> Click:
-    item, cats = entry
-    return Click(str(item), tuple(cats))

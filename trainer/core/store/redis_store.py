@@ -384,9 +384,8 @@ class RedisStore(Store):
             self._async = None
 
 
-def _clicks(raw: list[Any], parsed: bool = False) -> list[Click]:
-    """Click-list entries (JSON ``[item_id, [cats...]]``, or already parsed) as clicks."""
-    return [Click(str(item), tuple(cats)) for item, cats in (raw if parsed else map(json.loads, raw))]
+def _clicks(raw: list[bytes]) -> list[Click]:
+    return [Click.from_entry(json.loads(entry)) for entry in raw]
 
 
 def _snapshot(fields: dict[bytes, bytes]) -> ClickSnapshot | None:
@@ -394,7 +393,7 @@ def _snapshot(fields: dict[bytes, bytes]) -> ClickSnapshot | None:
     hist = fields.get(b"hist")
     if not hist:
         return None
-    return ClickSnapshot(tuple(_clicks(json.loads(hist), parsed=True)), int(fields[b"keep"]))
+    return ClickSnapshot(tuple(map(Click.from_entry, json.loads(hist))), int(fields[b"keep"]))
 
 
 def _interaction(fields: dict[bytes, bytes]) -> tuple[Interaction, ClickSnapshot | None]:
