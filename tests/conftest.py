@@ -10,7 +10,7 @@ import pytest
 import redis
 import torch
 
-from tests.faults import RedisServer
+from tests.faults import RedisClusterServers, RedisSentinels, RedisServer
 from trainer.core.config import ModelConfig, TrainConfig
 from trainer.core.store import LocalStore, RedisStore, Store
 from trainer.research.encoding import EncodedLog, encode_log
@@ -52,6 +52,30 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         server.close()
 
 
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A throwaway three-master Redis Cluster on loopback, for the whole session; yields one node's URL.
+    Tests keep apart by key prefix (each prefix is its own hash tag, so its own slot)."""
+    cluster = RedisClusterServers(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        cluster.start()
+        yield cluster.url
+    finally:
+        cluster.close()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A throwaway primary, its replica and three Sentinels on loopback, for the whole session;
+    yields the ``redis+sentinel://`` URL. Tests keep apart by key prefix."""
+    sentinels = RedisSentinels(tmp_path_factory.mktemp("redis-sentinel"))
+    try:
+        sentinels.start()
+        yield sentinels.url
+    finally:
+        sentinels.close()
+
+
 @pytest.fixture
 def redis_url(redis_server: str) -> str:
     """The session's Redis, emptied for this test."""
@@ -70,12 +94,17 @@ def _no_asmg_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 Opener = Callable[[], Store]
 
 
-@pytest.fixture(params=["redis", "local"])
+@pytest.fixture(params=["redis", "redis-sentinel", "redis-cluster", "local"])
 def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
     """Opens store objects on one backing store, as separate processes would; closes them all afterwards."""
     make: Opener
+    prefix = f"t{uuid.uuid4().hex[:8]}"
     if request.param == "redis":
-        make = functools.partial(RedisStore, request.getfixturevalue("redis_url"), f"t{uuid.uuid4().hex[:8]}")
+        make = functools.partial(RedisStore, request.getfixturevalue("redis_url"), prefix)
+    elif request.param == "redis-sentinel":
+        make = functools.partial(RedisStore, request.getfixturevalue("redis_sentinel"), prefix, mode="sentinel")
+    elif request.param == "redis-cluster":
+        make = functools.partial(RedisStore, request.getfixturevalue("redis_cluster"), prefix, mode="cluster")
     else:
         make = functools.partial(LocalStore, tmp_path / "state")
     opened: list[Store] = []

@@ -12,10 +12,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
+import redis
 
 from tests.service import AUTH, free_port
 
@@ -46,12 +48,13 @@ class RedisServer:
     """A redis-server of the test's own on a free loopback port; with ``aof``, one that logs
     every write to its append-only file before answering it, and comes back with it."""
 
-    def __init__(self, directory: Path, aof: bool = True) -> None:
+    def __init__(self, directory: Path, aof: bool = True, extra: Sequence[str] = ()) -> None:
         binary = shutil.which("redis-server")
         assert binary, "redis-server is not on PATH; the tests need a real Redis (apt-get install redis-server)"
         self.binary = binary
         self.directory = directory
         self.aof = aof
+        self.extra = list(extra)
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         directory.mkdir(parents=True, exist_ok=True)
@@ -63,7 +66,8 @@ class RedisServer:
     def start(self, seconds: float = 20.0) -> None:
         command = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory)]
         command += ["--appendonly", "yes", "--appendfsync", "always"] if self.aof else ["--appendonly", "no"]
-        self.process = subprocess.Popen([*command, "--save", ""], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        command += [*self.extra, "--save", ""]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             code = self.process.poll()
@@ -96,6 +100,118 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+class RedisClusterServers:
+    """A Redis Cluster of ``masters`` redis-servers in cluster mode on loopback, no replicas,
+    joined by ``redis-cli --cluster create`` (16384 slots spread over the masters)."""
+
+    def __init__(self, directory: Path, masters: int = 3) -> None:
+        # the bus port is set apart: its default, port + 10000, may be taken or out of range
+        cluster_mode = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+        cluster_mode += ["--cluster-node-timeout", "2000"]
+        self.servers = [
+            RedisServer(directory / f"node{i}", aof=False, extra=[*cluster_mode, "--cluster-port", str(free_port())])
+            for i in range(masters)
+        ]
+
+    @property
+    def url(self) -> str:
+        """Any one node's URL: the cluster client discovers the rest from it."""
+        return self.servers[0].url
+
+    def start(self, seconds: float = 30.0) -> None:
+        for server in self.servers:
+            server.start(seconds)
+        cli = shutil.which("redis-cli")
+        assert cli, "redis-cli is not on PATH (apt-get install redis-tools)"
+        nodes = [f"127.0.0.1:{server.port}" for server in self.servers]
+        create = [cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"]
+        done = subprocess.run(create, capture_output=True, text=True, timeout=seconds)
+        assert done.returncode == 0, f"redis-cli --cluster create failed: {done.stdout}{done.stderr}"
+        deadline = time.monotonic() + seconds
+        while not all(self._ready(server) for server in self.servers):
+            assert time.monotonic() < deadline, "the cluster did not reach cluster_state:ok"
+            time.sleep(0.1)
+
+    @staticmethod
+    def _ready(server: RedisServer) -> bool:
+        with redis.Redis(port=server.port) as client:
+            info: Any = client.execute_command("CLUSTER", "INFO")
+        text = info.decode() if isinstance(info, bytes) else str(info)
+        return "cluster_state:ok" in text and "cluster_slots_ok:16384" in text
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.close()
+
+
+class RedisSentinels:
+    """A primary, one replica of it, and ``sentinels`` Sentinels watching it as ``service``
+    (quorum 2, the primary judged down after ``down_after_ms``), all on loopback."""
+
+    def __init__(self, directory: Path, sentinels: int = 3, down_after_ms: int = 1000, service: str = "asmg") -> None:
+        self.directory = directory
+        self.service = service
+        self.down_after_ms = down_after_ms
+        self.primary = RedisServer(directory / "primary", aof=False)
+        self.replica = RedisServer(directory / "replica", aof=False)
+        self.sentinel_ports = [free_port() for _ in range(sentinels)]
+        self.sentinels: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
+        return f"redis+sentinel://{hosts}/{self.service}"
+
+    def start(self, seconds: float = 30.0) -> None:
+        self.primary.start(seconds)
+        self.replica.extra = ["--replicaof", "127.0.0.1", str(self.primary.port)]
+        self.replica.start(seconds)
+        for i, port in enumerate(self.sentinel_ports):
+            conf = self.directory / f"sentinel{i}.conf"
+            conf.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {self.directory}\n"
+                f"sentinel monitor {self.service} 127.0.0.1 {self.primary.port} 2\n"
+                f"sentinel down-after-milliseconds {self.service} {self.down_after_ms}\n"
+                f"sentinel failover-timeout {self.service} 5000\n"
+            )
+            binary = self.primary.binary
+            self.sentinels.append(
+                subprocess.Popen(
+                    [binary, str(conf), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                )
+            )
+        deadline = time.monotonic() + seconds
+        while not (
+            self._replicating() and all(self.primary_port(port) == self.primary.port for port in self.sentinel_ports)
+        ):
+            assert time.monotonic() < deadline, "the Sentinels and the replica did not come up"
+            time.sleep(0.1)
+
+    def _replicating(self) -> bool:
+        with redis.Redis(port=self.replica.port) as client:
+            return client.info("replication").get("master_link_status") == "up"
+
+    def primary_port(self, sentinel_port: int | None = None) -> int | None:
+        """The primary's port as a Sentinel names it (None while it cannot be asked)."""
+        try:
+            with redis.Redis(port=sentinel_port or self.sentinel_ports[0], socket_timeout=1) as client:
+                address: Any = client.execute_command("SENTINEL", "get-master-addr-by-name", self.service)
+        except redis.RedisError:
+            return None
+        return None if not address else int(address[1])
+
+    def close(self) -> None:
+        for process in self.sentinels:
+            process.terminate()
+        for process in self.sentinels:
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        self.replica.close()
+        self.primary.close()
 
 
 class Command:

@@ -22,8 +22,11 @@ from trainer.core.store.base import NewVersion, Pointer
 from trainer.loop.worker import PeriodTrainer
 
 
-@pytest.fixture(params=["redis", "local"])
+@pytest.fixture(params=["redis", "redis-cluster", "local"])
 def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    if request.param == "redis-cluster":
+        url = request.getfixturevalue("redis_cluster")
+        return small_settings(tmp_path / "state", url, redis_mode="cluster", trainer_in_process=True)
     redis_url = request.getfixturevalue("redis_url") if request.param == "redis" else None
     return small_settings(tmp_path / "state", redis_url, trainer_in_process=True)
 

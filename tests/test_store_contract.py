@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +22,7 @@ import pytest
 import redis
 
 from tests.conftest import Opener
+from tests.faults import RedisClusterServers, RedisSentinels
 from trainer.core.settings import Settings
 from trainer.core.store import (
     Click,
@@ -35,6 +38,7 @@ from trainer.core.store import (
     UnknownVersion,
     local_store,
     open_store,
+    redis_clients,
     redis_store,
 )
 
@@ -567,6 +571,142 @@ def test_redis_keys_stay_under_their_prefix(redis_url: str) -> None:
         two.close()
 
 
+@pytest.mark.parametrize(
+    ("prefix", "tagged"),
+    [("asmg", "{asmg}"), ("{team}.asmg", "{team}.asmg"), ("a{}b", "{a{}b}"), ("a{b", "{a{b}")],
+)
+def test_a_cluster_prefix_is_a_hash_tag(prefix: str, tagged: str) -> None:
+    assert redis_store.hash_tagged(prefix) == tagged
+
+
+def test_on_a_cluster_every_key_of_a_service_lives_in_its_prefix_slot(redis_cluster: str) -> None:
+    name = f"svc{uuid.uuid4().hex[:6]}"
+    store = RedisStore(redis_cluster, name, mode="cluster")
+    try:
+        assert store.prefix == "{" + name + "}"
+        store.append([event("u", "a", 1), event("v", "b", 0)], 5)
+        store.rollover()
+        store.publish_initial(new_version(0, "initial"))
+        commit(store, 1)
+        store.drop_logs(1, 5)
+        store.append([event("u", "c", 1)], 5)
+        store.acquire_lease("t", 30)
+        store.set_trainer_status({"state": "idle"})
+        with redis.RedisCluster.from_url(redis_cluster) as client:
+            keys = {key.decode() for key in client.keys(target_nodes=redis.RedisCluster.ALL_NODES)}
+            ours = {key for key in keys if key.startswith(store.prefix)}
+            assert {client.keyslot(key) for key in ours} == {client.keyslot(store.prefix)}
+            owners = {client.get_node_from_key(key).name for key in ours}
+        assert len(owners) == 1
+        assert {
+            f"{store.prefix}:{k}" for k in ("period", "log:2", "clicks:u", "models", "pointer", "trainer:lease")
+        } <= ours
+    finally:
+        store.close()
+
+
+def test_on_a_cluster_a_timed_out_append_is_not_sent_again(tmp_path: Path) -> None:
+    """The node holding the service's slot stalls: an append fails after one timeout (the Cluster
+    client's default would resend it, and a resent append may log its events twice), and once
+    the node resumes the log holds the event once."""
+    cluster = RedisClusterServers(tmp_path / "cluster")
+    cluster.start()
+    store = RedisStore(cluster.url, "stall", timeout=1.0, mode="cluster")
+    try:
+        store.append([event("u", "first")], 5)
+        with redis.RedisCluster.from_url(cluster.url) as client:
+            owner = client.get_node_from_key(store.prefix).port
+        node = next(server for server in cluster.servers if server.port == owner)
+        node.signal(signal.SIGSTOP)
+        started = time.monotonic()
+        with pytest.raises(redis.TimeoutError):
+            store.append([event("u", "second")], 5)
+        waited = time.monotonic() - started
+        node.signal(signal.SIGCONT)
+        assert 1.0 <= waited < 1.7  # one timeout, not two
+        wait_until(lambda: store.period_size(1) >= 2)
+        time.sleep(0.3)  # a second copy, had one been sent, would be behind the first
+        assert [e.item_id for e in store.read_period(1)] == ["first", "second"]
+    finally:
+        store.close()
+        cluster.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "sentinels", "service", "password"),
+    [
+        ("redis+sentinel://127.0.0.1:26379/asmg", (("127.0.0.1", 26379),), "asmg", None),
+        ("redis+sentinel://:s%40cret@a:1,b:2,[::1]:3/primary", (("a", 1), ("b", 2), ("::1", 3)), "primary", "s@cret"),
+    ],
+)
+def test_a_sentinel_url_names_the_sentinels_and_the_service(
+    url: str, sentinels: tuple[tuple[str, int], ...], service: str, password: str | None
+) -> None:
+    assert redis_clients.sentinel_address(url) == redis_clients.SentinelAddress(sentinels, service, password)
+
+
+@pytest.mark.parametrize(
+    ("url", "fault"),
+    [
+        ("redis://127.0.0.1:6379/0", "starts with redis+sentinel://"),
+        ("redis+sentinel://127.0.0.1/asmg", "is not host:port"),
+        ("redis+sentinel:///asmg", "at least one Sentinel"),
+        ("redis+sentinel://127.0.0.1:26379", "service name"),
+    ],
+)
+def test_a_bad_sentinel_url_is_refused_with_what_is_wrong(url: str, fault: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(fault)):
+        Settings(redis_url=url, redis_mode="sentinel")
+
+
+def test_through_sentinel_the_store_follows_a_failover(tmp_path: Path) -> None:
+    """The primary is killed: the Sentinels promote its replica, and the same store object
+    appends, commits and sees swaps on the new primary, with what was replicated before."""
+    sentinels = RedisSentinels(tmp_path / "sentinel")
+    sentinels.start()
+    store = RedisStore(sentinels.url, "fo", timeout=1.0, mode="sentinel")
+    watcher = RedisStore(sentinels.url, "fo", timeout=1.0, mode="sentinel")
+    try:
+        store.append([event("u", "before", 1)], 5)
+        store.publish_initial(new_version(0, "initial"))
+        assert watcher.wait_for_swap(0.05) is False  # subscribed on the first primary
+        with redis.Redis(port=sentinels.primary.port) as primary:
+            assert primary.wait(1, 5000) == 1  # replicated: a failover keeps it
+        sentinels.primary.kill()
+        wait_until(lambda: sentinels.primary_port() == sentinels.replica.port, seconds=30)
+
+        def appended() -> bool:
+            try:
+                store.append([event("u", "after", 1)], 5)
+            except redis.ConnectionError:  # the failover was still under way
+                return False
+            return True
+
+        wait_until(appended, seconds=15)
+        assert [e.item_id for e in store.read_period(1)] == ["before", "after"]
+        assert [c.item_id for c in store.recent_clicks("u", 5)] == ["before", "after"]
+        # the subscription was to the primary that died: it fails or comes back as a "swap" (a
+        # resubscription may have missed a notice, so the pointer must be checked), then is quiet
+        quiet, recheck, deadline = 0, False, time.monotonic() + 15
+        while quiet < 2:
+            assert time.monotonic() < deadline, "the swap subscription did not come back"
+            try:
+                swapped = watcher.wait_for_swap(0.2)
+            except redis.RedisError:
+                swapped = True
+            recheck |= swapped
+            quiet = 0 if swapped else quiet + 1
+        assert recheck
+        store.rollover()
+        assert commit(store, 1) == 2
+        assert watcher.wait_for_swap(5.0) is True
+        assert watcher.pointer() == Pointer(2, False)
+    finally:
+        store.close()
+        watcher.close()
+        sentinels.close()
+
+
 def test_redis_ping_is_false_when_the_server_is_gone() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -578,13 +718,16 @@ def test_redis_ping_is_false_when_the_server_is_gone() -> None:
         store.close()
 
 
-def test_open_store_picks_the_backend_from_the_settings(redis_url: str, tmp_path: Path) -> None:
+def test_open_store_picks_the_backend_from_the_settings(redis_url: str, redis_cluster: str, tmp_path: Path) -> None:
     remote = open_store(Settings(redis_url=redis_url, key_prefix="svc"))
+    clustered = open_store(Settings(redis_url=redis_cluster, redis_mode="cluster", key_prefix="svc"))
     local = open_store(Settings(redis_url=None, state_dir=tmp_path / "state"))
     try:
-        assert isinstance(remote, RedisStore) and remote.prefix == "svc"
+        assert isinstance(remote, RedisStore) and remote.prefix == "svc" and remote.mode == "standalone"
+        assert isinstance(clustered, RedisStore) and clustered.prefix == "{svc}" and clustered.mode == "cluster"
         assert isinstance(local, LocalStore) and local.path == tmp_path / "state" / "store.sqlite3"
-        assert remote.ping() and local.ping()
+        assert remote.ping() and clustered.ping() and local.ping()
     finally:
         remote.close()
+        clustered.close()
         local.close()

@@ -44,5 +44,5 @@ def open_store(settings: Settings, *, for_trainer: bool = False) -> Store:
     with the API's wait limit (``ASMG_STORE_TIMEOUT_SECONDS``), or the trainer's."""
     timeout = settings.trainer_store_timeout_seconds if for_trainer else settings.store_timeout_seconds
     if settings.redis_url:
-        return RedisStore(settings.redis_url, settings.key_prefix, timeout)
+        return RedisStore(settings.redis_url, settings.key_prefix, timeout, mode=settings.redis_mode)
     return LocalStore(settings.state_dir, timeout)

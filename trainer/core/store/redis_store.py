@@ -32,8 +32,12 @@ Every key lives under ``{prefix}:``:
 Multi-key steps run as Lua scripts (``lua/*.lua`` beside this module), so they are atomic with respect to one
 another: ``append`` and ``rollover`` never interleave, and ``commit_period``
 publishes a version, advances the trainer and moves the pointer in one step.
-The scripts derive the per-period and per-user keys from the prefix, so the
-layout suits one Redis (or a primary with replicas), not Redis Cluster.
+The scripts derive the per-period and per-user keys from the prefix; on a Redis
+Cluster (``mode="cluster"``) the prefix is written as a hash tag (``{asmg}:period``),
+so every key of the service hashes to one slot and every script runs on the one
+node that holds it. The service's keys then live on one master: a Cluster gives
+this service failover and a shared deployment with other tenants, not more
+capacity for its own data.
 
 Every command has a timeout (``socket_timeout``): ``ASMG_STORE_TIMEOUT_SECONDS``
 for an API process, ``ASMG_TRAINER_STORE_TIMEOUT_SECONDS`` for the trainer, so
@@ -41,7 +45,9 @@ a stalled server (alive but not answering) fails a call instead of hanging
 it. A command is retried once, after a short backoff, only when its
 connection failed (a server restart leaves every pooled connection dead), never
 after a timeout: a timed-out ``append`` may have reached the server, and
-running it twice would log its events twice. The API's two request-path calls
+running it twice would log its events twice. How the clients reach Redis (one
+server, a Sentinel-watched primary, a Cluster) is
+:mod:`trainer.core.store.redis_clients`. The API's two request-path calls
 (``append_async``, ``recent_clicks_async``) go through an asyncio client, so a
 slow store holds up only the requests that wait for it, never the event loop.
 """
@@ -58,12 +64,8 @@ from typing import Any
 
 import redis
 import redis.asyncio
-from redis.asyncio.retry import Retry as AsyncRetry
-from redis.backoff import ExponentialWithJitterBackoff
 from redis.client import PubSub
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.retry import Retry
 
 from trainer.core.store.base import (
     Click,
@@ -79,6 +81,7 @@ from trainer.core.store.base import (
     VersionInfo,
     rebuild_histories,
 )
+from trainer.core.store.redis_clients import AsyncClient, RedisMode, async_client, close_async_client, sync_client
 
 READ_CHUNK = 10_000  # stream entries per XRANGE reply
 SUBSCRIBE_SECONDS = 5.0  # how long the first wait_for_swap may wait for its subscription to be confirmed
@@ -90,30 +93,23 @@ def _script(name: str) -> str:
     return resources.files("trainer.core.store").joinpath("lua", f"{name}.lua").read_text()
 
 
-def _retry() -> Retry:
-    """One more try after a connection failure only (see the module docstring)."""
-    return Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=1, supported_errors=(RedisConnectionError,))
-
-
-def _async_retry() -> AsyncRetry:
-    return AsyncRetry(
-        ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=1, supported_errors=(RedisConnectionError,)
-    )
+def hash_tagged(prefix: str) -> str:
+    """``prefix`` as a Redis Cluster hash tag, unless it already holds one."""
+    # Redis hashes the text between the key's first "{" and the next "}", when that is not empty
+    start = prefix.find("{")
+    if start >= 0 and prefix.find("}", start + 1) > start + 1:
+        return prefix
+    return "{" + prefix + "}"
 
 
 class RedisStore(Store):
-    def __init__(self, url: str, prefix: str = "asmg", timeout: float = 2.0) -> None:
-        self.prefix = prefix
+    def __init__(self, url: str, prefix: str = "asmg", timeout: float = 2.0, *, mode: RedisMode = "standalone") -> None:
+        self.prefix = hash_tagged(prefix) if mode == "cluster" else prefix
+        self.mode = mode
         self._url = url
         self._timeout = timeout
-        self._redis = redis.Redis.from_url(
-            url,
-            decode_responses=False,
-            socket_timeout=timeout,
-            socket_connect_timeout=min(timeout, 5.0),
-            retry=_retry(),
-        )
-        self._async: redis.asyncio.Redis | None = None
+        self._redis = sync_client(url, mode, timeout)
+        self._async: AsyncClient | None = None
         self._channel = self._key("swaps")
         self._append = self._redis.register_script(_script("append"))
         self._progress = self._redis.register_script(_script("progress"))
@@ -151,16 +147,10 @@ class RedisStore(Store):
             args += [event.user_id, event.item_id, cats, int(event.label), repr(float(event.timestamp)), click]
         return args
 
-    def _async_client(self) -> redis.asyncio.Redis:
+    def _async_client(self) -> AsyncClient:
         """The request path's client, made on first use inside the event loop that uses it."""
         if self._async is None:
-            self._async = redis.asyncio.Redis.from_url(
-                self._url,
-                decode_responses=False,
-                socket_timeout=self._timeout,
-                socket_connect_timeout=min(self._timeout, 5.0),
-                retry=_async_retry(),
-            )
+            self._async = async_client(self._url, self.mode, self._timeout)
         return self._async
 
     async def append_async(self, events: Sequence[Interaction], history_length: int) -> int:
@@ -311,7 +301,9 @@ class RedisStore(Store):
                     if message is None:
                         if swapped or time.monotonic() >= deadline:
                             return swapped
-                    elif message["type"] == "message":
+                    elif message["type"] in ("message", "subscribe"):
+                        # a "subscribe" here is the client resubscribing after a reconnect: a
+                        # notice may have been lost in the gap, so the pointer is checked at once
                         swapped = True
             except RedisError:
                 self._drop_subscription()
@@ -376,11 +368,12 @@ class RedisStore(Store):
         with self._pubsub_lock:
             self._drop_subscription()
         self._redis.close()
-        self._redis.connection_pool.disconnect()
+        if isinstance(self._redis, redis.Redis):
+            self._redis.connection_pool.disconnect()
 
     async def aclose(self) -> None:
         if self._async is not None:
-            await self._async.aclose()
+            await close_async_client(self._async)
             self._async = None
 
 
