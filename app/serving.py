@@ -3,7 +3,12 @@
 Requests read ``holder.current`` once and use that object to the end, so a
 swap never mixes two versions in one response. The watcher loads and verifies
 a new version off the request path and only then swaps the reference; a
-version that fails to load is never served and the old one stays.
+version that fails to load is never served and the old one stays. A version
+published as a delta is applied to the served model when that is its base (or
+an earlier version of its chain): the tables it changes are copied and the
+rows written into the copies, so the served model's tensors are never changed;
+the result is served only once its digest matches the version's
+(:mod:`trainer.core.registry`).
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -19,7 +24,7 @@ import torch
 from app.encoding import Encoded
 from trainer.core.config import ModelConfig
 from trainer.core.model import Params, request_logits
-from trainer.core.registry import ModelLoadError, verified_params
+from trainer.core.registry import Loaded, ModelLoadError, resolve_version
 from trainer.core.store.base import Store, VersionInfo
 
 log = logging.getLogger("asmg.serving")
@@ -29,7 +34,9 @@ log = logging.getLogger("asmg.serving")
 class ServedModel:
     info: VersionInfo
     config: ModelConfig
-    params: Params
+    params: Params  # shared with later versions a delta left unchanged: never written to
+    digests: dict[str, str] | None = field(default=None, compare=False)  # of its tensors, where known
+    deltas: int = 0  # deltas applied to make it; 0: loaded from a full snapshot alone
 
     @property
     def version(self) -> int:
@@ -106,6 +113,8 @@ class SwapWatcher:
         self.on_failure = on_failure
         self.failed: dict[tuple[int, str], str] = {}  # (version, sha256 or "") that did not load → why
         self.load_error: str | None = None  # why the pointer's version is not served, if it is not
+        self.delta_loads = 0  # versions loaded by applying deltas to the served model or a full snapshot
+        self.full_loads = 0  # versions loaded from a full snapshot alone
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # admin routes sync too; one load at a time
@@ -139,10 +148,12 @@ class SwapWatcher:
         if key in self.failed:
             self.load_error = self.failed[key]
             return None
+        current = self.holder.current
+        served = None if current is None else Loaded(current.info, current.params, current.digests)
         try:
             if info is None:
                 raise ModelLoadError(f"version {number} is not in the registry")
-            params = verified_params(info, self.store.weights(number), self.config)
+            loaded = resolve_version(self.store, number, self.config, served)
         except ModelLoadError as exc:
             self.failed[key] = self.load_error = str(exc)
             log.error("not serving version %d: %s", number, exc)
@@ -150,7 +161,11 @@ class SwapWatcher:
                 self.on_failure(number, str(exc))
             return None
         self.load_error = None
-        return ServedModel(info, self.config, params)
+        if loaded.deltas:
+            self.delta_loads += 1
+        else:
+            self.full_loads += 1
+        return ServedModel(loaded.info, self.config, loaded.params, loaded.digests, loaded.deltas)
 
     def _fallback(self, wanted: int) -> ServedModel | None:
         """The newest other kept version that loads, for a replica with nothing to serve."""

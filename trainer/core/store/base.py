@@ -106,9 +106,14 @@ class VersionInfo:
     size: int  # bytes of the weights blob
     metrics: dict[str, float] = field(default_factory=dict)
     note: str = ""
+    # a delta's base version (None: a full snapshot) and the digest of the whole model the version
+    # stands for (trainer.core.delta.model_digest; "" where not recorded). The blob says both too,
+    # and it is what replicas trust: these are for reading the registry without fetching weights
+    base: int | None = None
+    digest: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "version": self.version,
             "sha256": self.sha256,
             "trained_through": self.trained_through,
@@ -118,6 +123,12 @@ class VersionInfo:
             "metrics": dict(self.metrics),
             "note": self.note,
         }
+        # left out where not recorded: /admin/models answers with these keys (app/schemas.py VersionOut)
+        if self.base is not None:
+            data["base"] = self.base
+        if self.digest:
+            data["digest"] = self.digest
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VersionInfo:
@@ -130,6 +141,8 @@ class VersionInfo:
             size=int(data["size"]),
             metrics={str(k): float(v) for k, v in data.get("metrics", {}).items()},
             note=str(data.get("note", "")),
+            base=None if data.get("base") is None else int(data["base"]),
+            digest=str(data.get("digest") or ""),
         )
 
 
@@ -151,6 +164,8 @@ class NewVersion:
     method: str
     metrics: dict[str, float] = field(default_factory=dict)
     note: str = ""
+    base: int | None = None  # as VersionInfo.base
+    digest: str = ""  # as VersionInfo.digest
 
 
 class Store(ABC):
