@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from trainer.core.config import ModelConfig, TrainConfig
 from trainer.core.features import Examples
 from trainer.core.model import Params, seeded_model
+from trainer.learning import distributed
 
 
 def seeded_generator(seed: int) -> torch.Generator:
@@ -47,7 +48,14 @@ class BaseLearner:
         With ``soft_targets`` (one probability per row) the loss is
         ``(1 − w)·CE(label) + w·CE(soft target)``, ``w = soft_weight``: IncCTR's
         distillation towards the previous model.
+
+        While a data-parallel group is installed (:mod:`trainer.learning.distributed`)
+        the fit runs on its processes: the same steps, each batch's gradient summed
+        from their shares.
         """
+        group = distributed.active()
+        if group is not None and len(ex):
+            return group.fit(self, ex, epochs or self.train_config.epochs, soft_targets, soft_weight)
         self.model.train()
         losses = []
         for _ in range(epochs or self.train_config.epochs):

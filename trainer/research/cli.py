@@ -7,6 +7,7 @@ import importlib
 import json
 import logging
 import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -69,6 +70,42 @@ def add_source_arguments(p: argparse.ArgumentParser) -> None:
     source.add_argument("--synthetic", action="store_true", help="the seeded drifting synthetic stream")
 
 
+def add_base_procs_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--base-procs",
+        type=_positive_int,
+        help="processes every base-model fit (pre-training, each update's IU step) runs on, data parallel "
+        "(torch.distributed, gloo): N > 1 relaunches the command under torchrun --nproc-per-node N, one torch "
+        "thread per process, the runs one after another (default: torchrun's WORLD_SIZE under torchrun, else 1)",
+    )
+
+
+def run_data_parallel(args: argparse.Namespace, body: Callable[[], int]) -> int:
+    """``body()`` with this process's base-model fits on ``--base-procs`` processes.
+
+    One process: ``body()`` as it is. Several, outside torchrun: the same command
+    again under ``torchrun --standalone --nproc-per-node N``, whose exit status
+    this returns. Under torchrun: rank 0 runs ``body()`` with the group installed;
+    the other ranks serve its fits until it is done.
+    """
+    from trainer.learning import distributed
+
+    world = distributed.torchrun_world()
+    procs = args.base_procs or world
+    if world > 1 and procs != world:
+        raise ValueError(f"--base-procs {procs} under torchrun with {world} processes; they must agree")
+    if procs == 1:
+        return body()
+    if world == 1:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={procs}"]
+        return subprocess.run([*command, "-m", "trainer.research.cli", *args.argv]).returncode
+    group = distributed.join_torchrun()
+    if group is None:
+        return 0  # a helper rank: rank 0 reports
+    with distributed.installed(group):
+        return body()
+
+
 def add_replay_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("replay", help="replay a data set period by period and compare update methods")
     add_source_arguments(p)
@@ -95,6 +132,7 @@ def add_replay_parser(sub: argparse._SubParsersAction) -> None:
         help="torch threads (default: torch's choice; 1 when running replays side by side)",
     )
     base = p.add_argument_group("base model (every method)")
+    add_base_procs_argument(base)
     base.add_argument("--lr", type=_positive_float, default=TrainConfig.lr)
     base.add_argument("--batch-size", type=_positive_int, default=TrainConfig.batch_size)
     base.add_argument("--epochs", type=_positive_int, default=TrainConfig.epochs, help="epochs per period")
@@ -182,8 +220,13 @@ def load_events(args: argparse.Namespace) -> tuple[str, EventTable]:
 
 def run_replay(args: argparse.Namespace) -> int:
     require_research_extra()
+    return run_data_parallel(args, lambda: replay_table(args))
+
+
+def replay_table(args: argparse.Namespace) -> int:
     import torch
 
+    from trainer.learning import distributed
     from trainer.learning.updaters import meta_config
     from trainer.research.replay import Protocol
     from trainer.research.table import TableSpec, run_table
@@ -199,6 +242,8 @@ def run_replay(args: argparse.Namespace) -> int:
     train_config = TrainConfig(lr=args.lr, batch_size=args.batch_size, epochs=args.epochs)
     protocol = Protocol(pretrain_epochs=args.pretrain_epochs)
     source, name = source_of(args)
+    # data parallel: this process shares each base fit with the others, so the runs go one at a time
+    jobs = 1 if distributed.active() is not None else args.jobs
     spec = TableSpec(
         source,
         name,
@@ -209,15 +254,16 @@ def run_replay(args: argparse.Namespace) -> int:
         protocol,
         overrides,
         baselines,
-        args.threads or (1 if args.jobs > 1 else None),
+        args.threads or (1 if jobs > 1 or distributed.active() is not None else None),
     )
     started = time.perf_counter()
-    results = run_table(spec, args.out, args.jobs)
+    results = run_table(spec, args.out, jobs)
     write_outputs(results, args.out, name)
     settings = {
         "data": name,
         "methods": args.methods,
         "seeds": args.seeds,
+        "base_procs": args.base_procs or distributed.torchrun_world(),
         "model": asdict(model_config),
         "train": asdict(train_config),
         "baselines": asdict(baselines),
@@ -300,6 +346,10 @@ def add_report_parser(sub: argparse._SubParsersAction) -> None:
 
 def run_pretrain(args: argparse.Namespace) -> int:
     require_research_extra()
+    return run_data_parallel(args, lambda: pretrain(args))
+
+
+def pretrain(args: argparse.Namespace) -> int:
     from trainer.core.model import checkpoint_bytes
     from trainer.core.settings import Settings
     from trainer.learning.learner import BaseLearner
@@ -324,6 +374,7 @@ def add_pretrain_parser(sub: argparse._SubParsersAction) -> None:
     add_source_arguments(p)
     p.add_argument("--epochs", type=_positive_int, default=10)
     p.add_argument("--out", type=Path, required=True, help="checkpoint file to write")
+    add_base_procs_argument(p)
     p.set_defaults(handler=run_pretrain)
 
 
@@ -342,6 +393,7 @@ def build_parser(extra: Sequence[AddParsers] = ()) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, extra: Sequence[AddParsers] = ()) -> int:
     """Run one ``asmg`` command; ``extra`` adds commands (the service's, from ``app.cli``)."""
     args = build_parser(extra).parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]  # to run the same command again under torchrun
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         return int(args.handler(args))
