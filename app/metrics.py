@@ -27,6 +27,8 @@ from trainer.core.health import PHASES, PUBLISHED, TRAINER_STATES, trainer_healt
 from trainer.core.store.base import Store
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# a version's commit to a replica serving it: tens of ms on a notification, up to ASMG_SWAP_POLL_SECONDS without
+SWAP_DELAY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 
 class ServiceMetrics:
@@ -61,6 +63,19 @@ class ServiceMetrics:
             registry=r,
             multiprocess_mode="liveall",
         )
+        self.model_swapped = Gauge(
+            "asmg_model_swapped_timestamp_seconds",
+            "When this process began serving its version (minus asmg_model_published_timestamp_seconds: how long "
+            "after its commit).",
+            registry=r,
+            multiprocess_mode="liveall",
+        )
+        self.swap_delay = Histogram(
+            "asmg_model_swap_delay_seconds",
+            "From a version's commit to this process serving it, for each swap to a newer version than it served.",
+            buckets=SWAP_DELAY_BUCKETS,
+            registry=r,
+        )
         self.swaps = Counter("asmg_model_swaps", "Model versions swapped in.", registry=r)
         self.load_failures = Counter(
             "asmg_model_load_failures",
@@ -72,6 +87,24 @@ class ServiceMetrics:
         )
 
         self._store_collector: StoreCollector | None = None
+        self._served: int | None = None  # the version this process served before the latest swap
+
+    def record_swap(self, version: int, period: int, published: float, now: float | None = None) -> None:
+        """This process serves ``version`` (committed at ``published``) from ``now`` on.
+
+        The delay from commit to serving is observed for a swap forward from a version served
+        before: not for the first version a process loads when it starts, nor for a rollback.
+        The two clocks are the trainer's and this process's; across machines their offset adds in.
+        """
+        now = time.time() if now is None else now
+        self.swaps.inc()
+        self.model_version.set(version)
+        self.model_period.set(period)
+        self.model_published.set(published)
+        self.model_swapped.set(now)
+        if self._served is not None and version > self._served:
+            self.swap_delay.observe(max(0.0, now - published))
+        self._served = version
 
     def watch_store(self, store: Store, stall_seconds: float) -> None:
         self._store_collector = StoreCollector(store, stall_seconds)
@@ -111,6 +144,7 @@ class StoreCollector(Collector):
             open_events = self.store.period_size(open_period)
             through = self.store.trained_through()
             pointer = self.store.pointer()
+            pointed = None if pointer.version is None else self.store.version(pointer.version)
             status: dict[str, Any] = self.store.trainer_status()
         except Exception:  # an unreachable store shows as missing series, not a failed scrape
             return
@@ -127,6 +161,13 @@ class StoreCollector(Collector):
                 "asmg_model_pointer_version",
                 "The version the registry points at (compare asmg_model_version).",
                 value=pointer.version,
+            )
+        if pointed is not None:
+            yield GaugeMetricFamily(
+                "asmg_model_pointer_published_timestamp_seconds",
+                "When the version the registry points at was committed (a replica serving another one has "
+                "been behind since then at most).",
+                value=pointed.created,
             )
         yield from trainer_families(status, time.time(), self.stall_seconds)
         last = status.get("last_period") or {}

@@ -56,11 +56,8 @@ def start_runtime(settings: Settings, store: Store, metrics: ServiceMetrics) -> 
     holder = ModelHolder()
     metrics.watch_store(store, settings.trainer_stall_seconds)
 
-    def swapped(model: ServedModel) -> None:
-        metrics.swaps.inc()
-        metrics.model_version.set(model.version)
-        metrics.model_period.set(model.period)
-        metrics.model_published.set(model.info.created)
+    def swapped(model: ServedModel) -> None:  # called right after the swap: its time is the swap's
+        metrics.record_swap(model.version, model.period, model.info.created)
 
     watcher = SwapWatcher(
         store,
