@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from trainer.core.config import BaselineConfig, ModelConfig, TrainConfig
 from trainer.core.methods import METHODS, base_model_kind
+from trainer.core.store.redis_clients import RedisMode, sentinel_address
 
 # methods whose state grows with every period: replay only
 UNBOUNDED_METHODS = ("asmg-gru-full",)
@@ -24,6 +25,12 @@ class Settings(BaseSettings):
 
     # -- where state lives -------------------------------------------------------
     redis_url: str | None = Field(None, description="Redis URL; unset runs the embedded default (SQLite).")
+    redis_mode: RedisMode = Field(
+        "standalone",
+        description="How ASMG_REDIS_URL reaches Redis: `standalone` (one server), `sentinel` "
+        "(redis+sentinel://host:port[,host:port...]/service: the primary the Sentinels watch), or `cluster` "
+        "(any node of a Redis Cluster; the service's keys share one slot through a hash tag).",
+    )
     key_prefix: str = Field("asmg", description="Prefix of every Redis key the service owns.")
     state_dir: Path = Field(
         Path.home() / ".local" / "share" / "asmg",
@@ -49,7 +56,11 @@ class Settings(BaseSettings):
     max_events: int = Field(10000, ge=1, description="Most events in one /v1/interactions request.")
     max_id_length: int = Field(256, ge=1, description="Longest user, item or category id accepted.")
     max_categories: int = Field(32, ge=1, description="Most categories on one item.")
-    swap_poll_seconds: float = Field(5.0, gt=0, description="How often a replica re-checks the serving pointer.")
+    # a replica that misses the swap notice (its subscription was reconnecting) finds the new version by this
+    # check: within this long plus the load. One pointer read per interval: negligible. docs/benchmarks.md
+    swap_poll_seconds: float = Field(
+        0.5, gt=0, description="How often a replica re-checks the serving pointer, in case it missed a swap notice."
+    )
     store_timeout_seconds: float = Field(
         2.0,
         gt=0,
@@ -87,6 +98,12 @@ class Settings(BaseSettings):
     lr: float = Field(1e-3, gt=0, description="Adam learning rate of the base model.")
     batch_size: int = Field(256, ge=1, description="Base-model batch size.")
     epochs: int = Field(1, ge=1, description="Passes over each period.")
+    base_procs: int = Field(
+        1,
+        ge=1,
+        description="Processes each base-model fit runs on, data parallel (torch.distributed, gloo on loopback): "
+        "the trainer starts N − 1 helper processes; 1 fits in the trainer's own process.",
+    )
     window: int = Field(3, ge=1, description="ASMG sequence length k.")
     meta_hidden: int = Field(4, ge=1, description="GRU hidden size d per coordinate.")
     meta_lr: float = Field(1e-3, gt=0, description="Adam learning rate of the meta generator.")
@@ -151,6 +168,13 @@ class Settings(BaseSettings):
         "(the quality gate judges those).",
     )
     keep_versions: int = Field(10, ge=2, description="Model versions kept in the registry.")
+    full_snapshot_every: int = Field(
+        10,
+        ge=1,
+        description="Every this many versions (by number) the trainer publishes a full snapshot; the others are "
+        "deltas on the version before where they are at most half its size. 1 publishes only full snapshots. "
+        "The registry also keeps the versions back to the full snapshot the oldest kept one needs.",
+    )
     keep_log_periods: int = Field(
         0,
         ge=0,
@@ -196,6 +220,11 @@ class Settings(BaseSettings):
             raise ValueError("ASMG_ADMIN_TOKEN must be set when ASMG_ENVIRONMENT=production")
         if self.rollover_interval_seconds and self.rollover_cron:
             raise ValueError("set ASMG_ROLLOVER_INTERVAL_SECONDS or ASMG_ROLLOVER_CRON, not both")
+        if self.redis_mode == "sentinel" and self.redis_url:
+            try:
+                sentinel_address(self.redis_url)
+            except ValueError as exc:
+                raise ValueError(f"ASMG_REDIS_URL with ASMG_REDIS_MODE=sentinel: {exc}") from exc
         return self
 
     @property

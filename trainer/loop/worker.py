@@ -39,15 +39,19 @@ from trainer.core.model import Params, score
 from trainer.core.registry import (
     ModelLoadError,
     NonFiniteWeights,
+    Published,
     all_finite,
     ensure_initial_model,
+    full_turn,
     initial_params,
+    keep_for,
     load_version,
-    new_version,
+    publication,
 )
 from trainer.core.retry import Backoff
 from trainer.core.settings import Settings
-from trainer.core.store.base import Interaction, Store, StoreError
+from trainer.core.store.base import Interaction, NewVersion, Store, StoreError
+from trainer.learning import distributed
 from trainer.learning.learner import BaseLearner
 from trainer.learning.updaters import Updater, make_updater
 from trainer.learning.updaters.asmg import Asmg
@@ -106,6 +110,9 @@ class PeriodTrainer:
         self.status: dict[str, Any] | None = None  # the status record as this trainer last wrote it
         self._next_heartbeat = 0.0
         self._initial_checked = False
+        self.fit_group: distributed.FitGroup | None = None  # the helpers base fits run on (ASMG_BASE_PROCS)
+        # the version this trainer published last, the base of its next delta; None: the next is a full snapshot
+        self.published: Published | None = None
 
     # -- state --------------------------------------------------------------------
 
@@ -127,8 +134,26 @@ class PeriodTrainer:
         }
         return make_updater(self.settings.method, learner, self.settings.seed, overrides, self.settings.baselines())
 
+    def _start_fit_group(self) -> None:
+        """Start the processes base fits run on (ASMG_BASE_PROCS > 1), or start them again
+        after a failure broke the group."""
+        if self.settings.base_procs < 2 or (self.fit_group is not None and not self.fit_group.broken):
+            return
+        self.close()
+        self.fit_group = distributed.spawn(self.settings.base_procs, self.settings.torch_threads)
+        distributed.install(self.fit_group)
+
+    def close(self) -> None:
+        """Stop the base fits' helper processes, if any (the next load starts them again)."""
+        if self.fit_group is not None:
+            distributed.install(None)
+            self.fit_group.close()
+            self.fit_group = None
+
     def _load(self) -> None:
+        self._start_fit_group()
         through, blob = self.store.trainer_progress()
+        self.published = None
         self.updater = self._fresh_updater()
         self.state_bytes = len(blob) if blob is not None else 0
         if blob is not None:
@@ -276,11 +301,12 @@ class PeriodTrainer:
         choice = self._finite_or_held(choice)
         phase("check")
 
-        version = new_version(self.config, choice.params, period, choice.method, metrics, choice.note)
+        version, digests, number, keep = self._publication(choice, period, metrics)
         self.renew_lease()
         state = self._state_bytes()
-        info = self.store.commit_period(version, state, self.settings.keep_versions)
+        info = self.store.commit_period(version, state, keep)
         self.through = period
+        self.published = Published(info.version, _copy(choice.params), digests) if info.version == number else None
         self.state_bytes = len(state)
         seconds["publish"] = time.perf_counter() - started
         self._drop_old_logs(period)
@@ -309,6 +335,24 @@ class PeriodTrainer:
             f": {choice.note}" if choice.note else "",
         )
         return report
+
+    def _publication(
+        self, choice: Choice, period: int, metrics: dict[str, float]
+    ) -> tuple[NewVersion, dict[str, str], int, int]:
+        """The version for ``choice``: a delta on the version this trainer published last when that is the
+        newest and the next number is not due a full snapshot; with its tensors' digests, the number the
+        commit will give it, and how many versions the commit keeps (every kept version's chain whole)."""
+        every = self.settings.full_snapshot_every
+        number = max((v.version for v in self.store.versions()), default=0) + 1
+        base = self.published
+        if base is not None and (base.version != number - 1 or full_turn(number, every)):
+            base = None
+        version, digests = publication(
+            self.config, choice.params, period, choice.method, metrics, choice.note, base=base
+        )
+        pointer = self.store.pointer()
+        keep = keep_for(number, self.settings.keep_versions, every, pointer.version if pointer.pinned else None)
+        return version, digests, number, keep
 
     def _split(self, examples: Examples, period: int) -> tuple[Examples, Examples | None]:
         """The period's events the update trains on, and a seeded random ``ASMG_CHECK_FRACTION``
@@ -425,6 +469,11 @@ class PeriodTrainer:
             raise StoreError("lost the trainer lease to another trainer")
 
 
+def _copy(params: Params) -> Params:
+    """A copy no update can change: the next delta is taken against it."""
+    return {name: value.detach().clone() for name, value in params.items()}
+
+
 def report_dict(report: PeriodReport) -> dict[str, Any]:
     return {
         "period": report.period,
@@ -473,6 +522,7 @@ def run_trainer(store: Store, settings: Settings, stop: threading.Event, trainer
             backoff.reset()
             stop.wait(settings.trainer_poll_seconds)
     finally:
+        trainer.close()
         try:
             store.release_lease(trainer.owner)
         except Exception as exc:  # it lapses by itself
