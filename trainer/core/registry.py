@@ -123,20 +123,18 @@ def publication(
     meta = {"trained_through": trained_through, "method": method}
     finite = {k: float(v) for k, v in (metrics or {}).items() if math.isfinite(v)}
     rows = None if base is None else delta_rows(base.params, params, config)
-    if base is not None and rows is not None:
-        # a table no row of which changed keeps its digest
-        digests = tensor_digests(params, {name: base.digests[name] for name, index in rows.items() if not len(index)})
-        if delta_size(params, rows) <= DELTA_MAX_SHARE * full_size(params):
-            base_digest = combine(base.params, base.digests)
-            blob = delta_bytes(config, params, rows, meta, base.version, base_digest, digests)
-            sha = hashlib.sha256(blob).hexdigest()
-            digest = combine(params, digests)
-            return NewVersion(blob, sha, trained_through, method, finite, note, base.version, digest), digests
-    else:
+    if base is None or rows is None:
         digests = tensor_digests(params)
-    blob = checkpoint_bytes(config, params, {**meta, "digests": digests})
+    else:  # a table no row of which changed keeps its digest
+        digests = tensor_digests(params, {name: base.digests[name] for name, index in rows.items() if not len(index)})
+    based_on: int | None = None
+    if base is not None and rows is not None and delta_size(params, rows) <= DELTA_MAX_SHARE * full_size(params):
+        blob = delta_bytes(config, params, rows, meta, base.version, combine(base.params, base.digests), digests)
+        based_on = base.version
+    else:
+        blob = checkpoint_bytes(config, params, {**meta, "digests": digests})
     sha = hashlib.sha256(blob).hexdigest()
-    return NewVersion(blob, sha, trained_through, method, finite, note, None, combine(params, digests)), digests
+    return NewVersion(blob, sha, trained_through, method, finite, note, based_on, combine(params, digests)), digests
 
 
 def new_version(
@@ -146,9 +144,9 @@ def new_version(
     method: str,
     metrics: dict[str, float] | None = None,
     note: str = "",
-    base: Published | None = None,
 ) -> NewVersion:
-    return publication(config, params, trained_through, method, metrics, note, base)[0]
+    """A full snapshot of ``params`` to publish."""
+    return publication(config, params, trained_through, method, metrics, note)[0]
 
 
 Snapshot = tuple[ModelConfig, Params, dict[str, Any]]

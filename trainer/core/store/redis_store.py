@@ -63,7 +63,6 @@ from importlib import resources
 from typing import Any
 
 import redis
-import redis.asyncio
 from redis.client import PubSub
 from redis.exceptions import RedisError
 
