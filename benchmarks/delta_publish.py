@@ -24,35 +24,20 @@ from __future__ import annotations
 import argparse
 import gc
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from harness import start_redis
 
 from trainer.core.config import ModelConfig
 from trainer.core.delta import tensor_digests
 from trainer.core.model import Params, seeded_model
 from trainer.core.registry import Loaded, Published, publication, resolve_version
 from trainer.core.store import RedisStore
-
-
-def start_redis(directory: Path) -> tuple[str, subprocess.Popen[bytes]]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory)]
-    process = subprocess.Popen([*command, "--appendonly", "no", "--save", ""], stdout=subprocess.DEVNULL)
-    for _ in range(200):
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return f"redis://127.0.0.1:{port}/0", process
-        time.sleep(0.05)
-    raise RuntimeError("redis-server did not start")
 
 
 def changed(params: Params, share: float, seed: int) -> Params:

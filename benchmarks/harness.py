@@ -1,5 +1,5 @@
-"""What the HTTP benchmarks share: a free port, ``asmg serve`` started and
-awaited, and a wrk run with the shared peer harness's load.lua."""
+"""What the benchmarks share: a free port, a redis-server of their own, ``asmg serve``
+started and awaited, and a wrk run with the shared peer harness's load.lua."""
 
 from __future__ import annotations
 
@@ -22,6 +22,21 @@ def free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+def start_redis(directory: Path, appendfsync: str | None = None) -> tuple[str, subprocess.Popen[bytes]]:
+    """A redis-server on a free loopback port with its files in ``directory``; with ``appendfsync``,
+    AOF on at that policy, else off. Returns its URL once it accepts connections."""
+    port = free_port()
+    command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory)]
+    command += ["--appendonly", "yes", "--appendfsync", appendfsync] if appendfsync else ["--appendonly", "no"]
+    process = subprocess.Popen([*command, "--save", ""], stdout=subprocess.DEVNULL)
+    for _ in range(200):
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return f"redis://127.0.0.1:{port}/0", process
+        time.sleep(0.05)
+    raise RuntimeError("redis-server did not start")
 
 
 def harness_bodies(scratch: Path) -> Path:

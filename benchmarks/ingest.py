@@ -18,30 +18,15 @@ import json
 import os
 import random
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
-from harness import free_port, start_server, wrk
+from harness import free_port, start_redis, start_server, wrk
 
 BATCH = 100
-
-
-def start_redis(directory: Path, appendfsync: str) -> tuple[str, subprocess.Popen[bytes]]:
-    port = free_port()
-    command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory)]
-    command += ["--appendonly", "yes", "--appendfsync", appendfsync, "--save", ""]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-    for _ in range(100):
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return f"redis://127.0.0.1:{port}/0", process
-        time.sleep(0.05)
-    raise RuntimeError("redis-server did not start")
 
 
 def bodies(path: Path, count: int = 256) -> list[dict[str, object]]:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import redis
-from ingest import start_redis
+from harness import start_redis
 
 from trainer.core.store import Interaction, LocalStore, RedisStore, Store
 from trainer.research.datasets import load_dataset

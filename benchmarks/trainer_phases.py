@@ -24,7 +24,7 @@ from typing import Any
 
 import redis
 import torch
-from ingest import start_redis
+from harness import start_redis
 
 from trainer.core.registry import ensure_initial_model
 from trainer.core.settings import Settings
