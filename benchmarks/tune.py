@@ -57,6 +57,28 @@ def grids(base: dict[str, Any]) -> dict[str, Grid]:
             ("multi residual 1e-3 e2", "asmg-gru-multi", base, {"lr": 1e-3, "epochs": 2}),
             ("multi residual 1e-3 b512", "asmg-gru-multi", base, {"lr": 1e-3, "batch_size": 512}),
         ],
+        # more meta signal per period: earlier windows and their targets (meta-replay), against more epochs
+        "replay": [
+            ("iu", "iu", base, {}),
+            ("multi", "asmg-gru-multi", base, {}),
+            ("multi+gate", "asmg-gru-multi+gate", base, {}),
+            ("multi e2", "asmg-gru-multi", base, {"epochs": 2}),
+            ("multi+ens", "asmg-gru-multi+ens", base, {}),
+            ("multi lr 5e-4", "asmg-gru-multi", base, {"lr": 5e-4}),
+            (
+                "multi replay 4 share 0.5 lr 3e-4",
+                "asmg-gru-multi",
+                base,
+                {"replay": 4, "replay_share": 0.5, "lr": 3e-4},
+            ),
+            ("multi replay 2 share 0.25", "asmg-gru-multi", base, {"replay": 2, "replay_share": 0.25}),
+            *[
+                (f"multi replay {j} share {share}", "asmg-gru-multi", base, {"replay": j, "replay_share": share})
+                for j, share in ((1, 1.0), (2, 1.0), (4, 1.0), (2, 0.5), (4, 0.5), (8, 0.5))
+            ],
+            # the stopping rule: up to E epochs, each kept only while a held-back tenth of D_t improves
+            *[(f"multi holdout 0.1 e{e}", "asmg-gru-multi", base, {"holdout": 0.1, "epochs": e}) for e in (1, 3, 5)],
+        ],
         # the baselines' own settings ride in the fourth field, under "baselines"
         "baselines": [
             ("iu", "iu", base, {}),
@@ -91,6 +113,9 @@ def main() -> int:
     parser.add_argument("--base", default="{}", help="JSON base-model settings for the meta grid")
     parser.add_argument("--only", help="labels to run, separated by |")
     parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--pretrained-dir", type=Path, help="keep each Θ_0 here, shared by runs with the same data and base settings"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     grid = grids(json.loads(args.base))[args.grid]
@@ -105,7 +130,9 @@ def main() -> int:
     for label, method, base, meta in grid:
         train = TrainConfig(**{**asdict(TrainConfig()), **base})
         if train not in replays:
-            replays[train] = Replay(log, config, train)
+            name = "-".join(f"{key}{value}" for key, value in sorted(base.items())) or "default"
+            where = args.pretrained_dir / name if args.pretrained_dir else None
+            replays[train] = Replay(log, config, train, pretrained_dir=where)
         replay = replays[train]
         started = time.perf_counter()
         per_seed = []

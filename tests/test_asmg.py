@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 from typing import Any
 
 import pytest
@@ -240,3 +241,198 @@ def test_a_state_saved_with_weights_per_tensor_resumes_exactly(
         expected, got = original.update(p), restored.update(p)
         for name in expected:
             torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0)
+
+
+def spy_meta_calls(updater: Asmg) -> list[tuple[list[Any], list[Examples], Any]]:
+    """Record each meta-training call's window, targets and initial state, as given."""
+    calls: list[tuple[list[Any], list[Examples], Any]] = []
+    original = updater._train_meta
+
+    def recording(window: Any, targets: Any, mixes: Any, h0: Any) -> None:
+        calls.append((list(window), list(targets), h0))
+        original(window, targets, mixes, h0)
+
+    updater._train_meta = recording  # type: ignore[method-assign]
+    return calls
+
+
+def test_meta_replay_trains_on_each_earlier_window_and_the_periods_after_it(
+    small_log: EncodedLog, small_config: ModelConfig, small_train: TrainConfig
+) -> None:
+    updater = make_updater("asmg-gru-multi", BaseLearner(small_config, small_train, 0), 0, {"window": 2, "replay": 2})
+    assert isinstance(updater, Asmg)
+    calls = spy_meta_calls(updater)
+    data = periods(small_log, 6)
+    versions = []
+    for p in data[:4]:
+        updater.update(p)
+        versions.append(updater.models[-1])
+    calls.clear()
+    updater.update(data[4])
+    # Θ_i trained on data[i]; windows oldest first, each scored on the periods after its versions
+    expected = [([0, 1], [1, 2]), ([1, 2], [2, 3]), ([2, 3], [3, 4])]
+    assert len(calls) == len(expected)
+    for (window, targets, _), (models, after) in zip(calls, expected, strict=True):
+        assert all(w is versions[i] for w, i in zip(window, models, strict=True))
+        assert all(t is data[i] for t, i in zip(targets, after, strict=True))
+    assert calls[0][2] is None and calls[1][2] is None  # earlier windows start from zeros
+    assert calls[2][2] is not None  # the newest from the carried state
+    assert len(updater.models) == len(updater.periods) == 4  # window + replay kept
+
+
+def test_meta_replay_grows_with_the_versions_kept_and_off_changes_nothing(
+    small_log: EncodedLog, small_config: ModelConfig, small_train: TrainConfig
+) -> None:
+    data = periods(small_log, 6)
+
+    def served(meta: dict[str, Any]) -> tuple[list[int], list[dict[str, torch.Tensor]]]:
+        updater = make_updater("asmg-gru-multi", BaseLearner(small_config, small_train, 0), 0, meta)
+        assert isinstance(updater, Asmg)
+        calls = spy_meta_calls(updater)
+        counts, out = [], []
+        for p in data[:5]:
+            before = len(calls)
+            out.append(updater.update(p))
+            counts.append(len(calls) - before)
+        return counts, out
+
+    counts, with_replay = served({"window": 2, "replay": 2})
+    assert counts == [0, 0, 1, 2, 3]  # as many earlier windows as the kept versions hold
+    plain_counts, plain = served({"window": 2})
+    zero_counts, zero = served({"window": 2, "replay": 0})
+    assert plain_counts == zero_counts == [0, 0, 1, 1, 1]
+    for a, b in zip(plain, zero, strict=True):
+        for name in a:
+            assert torch.equal(a[name], b[name])
+    assert not torch.equal(with_replay[-1]["user_emb"], plain[-1]["user_emb"])
+
+
+def test_meta_replay_share_draws_a_part_of_each_earlier_target(
+    small_log: EncodedLog, small_config: ModelConfig, small_train: TrainConfig
+) -> None:
+    updater = make_updater(
+        "asmg-gru-multi",
+        BaseLearner(small_config, small_train, 0),
+        0,
+        {"window": 2, "replay": 1, "replay_share": 0.25},
+    )
+    assert isinstance(updater, Asmg)
+    calls = spy_meta_calls(updater)
+    data = periods(small_log, 6)
+    for p in data[:4]:
+        updater.update(p)
+    (_, replayed, _), (_, newest, _) = calls[-2:]
+    assert [len(t) for t in replayed] == [round(0.25 * len(data[i])) for i in (1, 2)]
+    assert [len(t) for t in newest] == [len(data[2]), len(data[3])]
+    users = set(data[1].user.tolist())
+    assert set(replayed[0].user.tolist()) <= users
+
+
+@pytest.mark.parametrize("bad", [{"replay": -1}, {"replay_share": 0.0}, {"replay_share": 1.5}])
+def test_meta_replay_settings_are_checked(bad: dict[str, Any]) -> None:
+    from trainer.learning.updaters.asmg import MetaConfig
+
+    with pytest.raises(ValueError, match="replay"):
+        MetaConfig(**bad)
+
+
+def test_a_state_with_meta_replay_resumes_exactly(
+    small_log: EncodedLog, small_config: ModelConfig, small_train: TrainConfig
+) -> None:
+    meta = {"window": 2, "replay": 2, "replay_share": 0.5}
+
+    def fresh(seed: int) -> Asmg:
+        updater = make_updater("asmg-gru-multi", BaseLearner(small_config, small_train, seed), seed, meta)
+        assert isinstance(updater, Asmg)
+        return updater
+
+    data = periods(small_log, 7)
+    original = fresh(0)
+    for p in data[:4]:
+        original.update(p)
+    buffer = io.BytesIO()
+    torch.save(original.state_dict(), buffer)
+    restored = fresh(3)
+    restored.load_state_dict(torch.load(io.BytesIO(buffer.getvalue()), weights_only=True))
+    for p in data[4:]:
+        expected, got = original.update(p), restored.update(p)
+        for name in expected:
+            torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0)
+
+
+def spy_held_losses(updater: Asmg) -> tuple[list[list[float]], list[dict[str, Any]]]:
+    """Each meta-training call's held-back losses (before any epoch, then after each), and the last snapshot taken."""
+    calls: list[list[float]] = []
+    snapshots: list[dict[str, Any]] = []
+    held, snapshot, train = updater._held_loss, updater._generator_snapshot, updater._train_meta
+
+    def recording_train(*args: Any) -> None:
+        calls.append([])
+        train(*args)
+
+    def recording_held(*args: Any) -> float | None:
+        loss = held(*args)
+        assert loss is not None
+        calls[-1].append(loss)
+        return loss
+
+    def recording_snapshot() -> dict[str, Any]:
+        snapshots[:] = [snapshot()]
+        return snapshots[0]
+
+    updater._train_meta = recording_train  # type: ignore[method-assign, assignment]
+    updater._held_loss = recording_held  # type: ignore[method-assign, assignment]
+    updater._generator_snapshot = recording_snapshot  # type: ignore[method-assign]
+    return calls, snapshots
+
+
+@pytest.mark.parametrize("lr", [1e-3, 3.0])
+def test_the_stopping_rule_keeps_only_epochs_that_lower_the_held_back_loss(
+    lr: float, small_log: EncodedLog, small_config: ModelConfig, small_train: TrainConfig
+) -> None:
+    epochs = 4
+    updater = make_updater(
+        "asmg-gru-multi",
+        BaseLearner(small_config, small_train, 0),
+        0,
+        {"window": 2, "holdout": 0.2, "epochs": epochs, "lr": lr, "batch_size": 64},
+    )
+    assert isinstance(updater, Asmg)
+    calls, snapshots = spy_held_losses(updater)
+    for p in periods(small_log, 6)[:5]:
+        updater.update(p)
+        if calls and calls[-1]:
+            # what is left is the best state seen: the last snapshot
+            for name, value in updater.generator.state_dict().items():
+                assert torch.equal(value, snapshots[0]["generator"][name])
+    assert len(calls) == 3
+    for losses in calls:
+        ran = len(losses) - 1
+        assert 1 <= ran <= epochs
+        assert all(b < a for a, b in itertools.pairwise(losses[:-1]))  # kept epochs each improved
+        if ran < epochs:
+            assert losses[-1] >= min(losses[:-1])  # the epoch that stopped it did not
+    stopped = [len(losses) - 1 < epochs for losses in calls]
+    assert any(stopped) == (lr > 1)  # a step far too large is undone; small steps keep helping here
+
+
+def test_the_stopping_rule_off_runs_every_epoch(
+    small_log: EncodedLog, small_config: ModelConfig, small_train: TrainConfig
+) -> None:
+    updater = make_updater(
+        "asmg-gru-multi", BaseLearner(small_config, small_train, 0), 0, {"window": 2, "epochs": 3, "batch_size": 64}
+    )
+    assert isinstance(updater, Asmg)
+    steps = 0
+    step = updater.meta_optimizer.step
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        nonlocal steps
+        steps += 1
+        return step(*args, **kwargs)
+
+    updater.meta_optimizer.step = counting  # type: ignore[method-assign]
+    data = periods(small_log, 6)
+    for p in data[:3]:
+        updater.update(p)
+    assert steps == 3 * -(-len(data[2]) // 64)

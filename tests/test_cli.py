@@ -90,11 +90,12 @@ def test_bad_meta_setting_is_refused_before_any_work(tmp_path: Path, capsys: pyt
     assert "warmup" in capsys.readouterr().err
 
 
-def test_all_methods_is_the_papers_whole_table() -> None:
+def test_all_methods_is_the_papers_whole_table_and_the_served_policy() -> None:
     from trainer.learning.updaters import METHODS
     from trainer.research.cli import build_parser
 
-    assert build_parser().parse_args(["replay", "--synthetic", "--methods", "all"]).methods == list(METHODS)
+    methods = build_parser().parse_args(["replay", "--synthetic", "--methods", "all"]).methods
+    assert methods == [*METHODS, "asmg-gru-multi+gate"]
 
 
 @pytest.mark.parametrize("missing", ["pandas", "matplotlib"])

@@ -10,9 +10,10 @@ import torch
 
 from trainer.core.config import ModelConfig, TrainConfig
 from trainer.core.features import Examples
+from trainer.core.methods import REPLAY_METHODS
 from trainer.core.model import Params
 from trainer.learning.learner import BaseLearner
-from trainer.learning.updaters import METHODS, Updater, base_model_kind, make_updater
+from trainer.learning.updaters import Updater, base_model_kind, make_updater
 from trainer.research.encoding import EncodedLog
 
 META = {"window": 2, "batch_size": 64}
@@ -38,7 +39,7 @@ def assert_same(a: Params, b: Params) -> None:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", [*REPLAY_METHODS, "asmg-gru-multi+ens"])
 def test_produces_models_of_the_base_shapes(
     method: str, small_log: EncodedLog, small_config: ModelConfig, small_train: TrainConfig
 ) -> None:
@@ -49,7 +50,7 @@ def test_produces_models_of_the_base_shapes(
         assert all(torch.isfinite(t).all() for t in served.values())
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", [*REPLAY_METHODS, "asmg-gru-multi+ens"])
 def test_deterministic_under_a_seed(
     method: str, small_log: EncodedLog, small_config: ModelConfig, small_train: TrainConfig
 ) -> None:
@@ -62,7 +63,7 @@ def test_deterministic_under_a_seed(
     assert not torch.equal(first[-1]["item_emb"], other[-1]["item_emb"])
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", [*REPLAY_METHODS, "asmg-gru-multi+ens"])
 def test_save_and_load_resumes_exactly(
     method: str, small_log: EncodedLog, small_config: ModelConfig, small_train: TrainConfig
 ) -> None:

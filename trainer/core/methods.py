@@ -26,6 +26,28 @@ METHODS: tuple[str, ...] = (
 )
 
 
+# Policies over an ASMG method's output that replay scores as rows of their own: "+gate",
+# the service's (the generated model only after it beat IU's on the newest period), and
+# "+ens", the two models' logits averaged (trainer/learning/updaters/gated.py).
+GATED_SUFFIX = "+gate"
+ENSEMBLE_SUFFIX = "+ens"
+REPLAY_METHODS: tuple[str, ...] = (*METHODS, "asmg-gru-multi" + GATED_SUFFIX)
+
+
+def policy_of(name: str) -> tuple[str, str]:
+    """``(method, policy suffix)`` of a replay name; the suffix is "" for none."""
+    for suffix in (GATED_SUFFIX, ENSEMBLE_SUFFIX):
+        if name.endswith(suffix):
+            return name.removesuffix(suffix), suffix
+    return name, ""
+
+
+def is_replay_method(name: str) -> bool:
+    """A method replay knows: one of :data:`METHODS`, or an ASMG one under a policy suffix."""
+    method, suffix = policy_of(name)
+    return method in METHODS and (not suffix or method.startswith("asmg-"))
+
+
 def base_model_kind(method: str) -> ModelKind:
     """The base model a method updates: SML-MF's is matrix factorisation."""
     return "mf" if method == "sml-mf" else "emb-mlp"

@@ -387,20 +387,31 @@ def seeded_model(config: ModelConfig, seed: int) -> EmbMLP:
 
 
 @torch.inference_mode()
-def predict(params: Mapping[str, Tensor], ex: Examples, n_layers: int, batch_size: int = 16384) -> Tensor:
-    """Click probabilities for every row of ``ex``."""
-    out = [
-        torch.sigmoid(logits(params, ex.select(torch.arange(i, min(i + batch_size, len(ex)))), n_layers))
-        for i in range(0, len(ex), batch_size)
-    ]
+def predict(
+    params: Mapping[str, Tensor],
+    ex: Examples,
+    n_layers: int,
+    batch_size: int = 16384,
+    partners: Sequence[Mapping[str, Tensor]] = (),
+) -> Tensor:
+    """Click probabilities for every row of ``ex``; with ``partners``, of the ensemble
+    that averages the logits of ``params`` and theirs."""
+    models = [params, *partners]
+    out = []
+    for i in range(0, len(ex), batch_size):
+        part = ex.select(torch.arange(i, min(i + batch_size, len(ex))))
+        out.append(torch.sigmoid(torch.stack([logits(m, part, n_layers) for m in models]).mean(0)))
     return torch.cat(out) if out else torch.empty(0)
 
 
-def score(params: Mapping[str, Tensor], ex: Examples, n_layers: int) -> tuple[float, float]:
-    """AUC and LogLoss of ``params`` on ``ex`` (NaN for an empty set or one class)."""
+def score(
+    params: Mapping[str, Tensor], ex: Examples, n_layers: int, partners: Sequence[Mapping[str, Tensor]] = ()
+) -> tuple[float, float]:
+    """AUC and LogLoss of ``params`` (averaged in logits with ``partners``) on ``ex``
+    (NaN for an empty set or one class)."""
     if not len(ex):
         return float("nan"), float("nan")
-    probs = predict(params, ex, n_layers).numpy()
+    probs = predict(params, ex, n_layers, partners=partners).numpy()
     labels = ex.label.numpy()
     return auc(labels, probs), logloss(labels, probs)
 

@@ -283,7 +283,7 @@ class PeriodTrainer:
         phase("evaluate")
 
         # the gate's evidence comes before the update: both candidates for this period, out of sample
-        generated_won = self._generator_won(examples, metrics, n_layers)
+        generated_won = self._generator_won(examples, metrics)
         phase("gate")
 
         fit, held = self._split(examples, period)
@@ -375,19 +375,15 @@ class PeriodTrainer:
             except Exception as exc:  # housekeeping after the commit, never a failed period; the next one retries
                 log.warning("period %d: could not delete old logs: %s", trained, exc)
 
-    def _generator_won(self, examples: Examples, metrics: dict[str, float], n_layers: int) -> bool | None:
-        """Did the generated model beat IU on the newest period? None without evidence.
-
-        Both candidates for this period, the model the generator made last
-        period (regenerated: same window, state and weights) and the IU model,
-        are scored on its data before either trains on it. Comparing after the
-        update would be unfair: IU has then just fitted this very period.
-        """
-        if not (self.settings.quality_gate and isinstance(self.updater, Asmg) and self.updater.generating):
+    def _generator_won(self, examples: Examples, metrics: dict[str, float]) -> bool | None:
+        """Did the generated model beat IU on the newest period (:meth:`Asmg.gate_scores`)? None without evidence."""
+        if not (self.settings.quality_gate and isinstance(self.updater, Asmg)):
             return None
-        metrics["gate_generated_auc"], _ = score(self.updater.generate(), examples, n_layers)
-        metrics["gate_iu_auc"], _ = score(self.updater.learner.params(), examples, n_layers)
-        return bool(metrics["gate_generated_auc"] >= metrics["gate_iu_auc"])
+        scores = self.updater.gate_scores(examples)
+        if scores is None:
+            return None
+        metrics["gate_generated_auc"], metrics["gate_iu_auc"] = scores
+        return scores.generated >= scores.iu
 
     def _choose(
         self,

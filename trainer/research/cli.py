@@ -35,15 +35,16 @@ def require_research_extra() -> None:
 
 
 def _methods(value: str) -> list[str]:
-    from trainer.learning.updaters import METHODS
+    from trainer.core.methods import REPLAY_METHODS, is_replay_method
 
     if value.strip() == "all":
-        return list(METHODS)
+        return list(REPLAY_METHODS)
     names = [m.strip() for m in value.split(",") if m.strip()]
-    unknown = [m for m in names if m not in METHODS]
+    unknown = [m for m in names if not is_replay_method(m)]
     if unknown or not names:
         raise argparse.ArgumentTypeError(
-            f"unknown method(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(METHODS)}"
+            f"unknown method(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(REPLAY_METHODS)}"
+            " (any asmg-* name takes +gate or +ens)"
         )
     return names
 
@@ -151,6 +152,17 @@ def add_replay_parser(sub: argparse._SubParsersAction) -> None:
     meta.add_argument("--gate-bias", action=argparse.BooleanOptionalAction, help="biases in the GRU gates")
     meta.add_argument("--warmup", type=int, help="meta-training periods before generated models serve")
     meta.add_argument(
+        "--meta-replay", type=int, help="earlier windows the generator also trains on each period (meta-replay)"
+    )
+    meta.add_argument(
+        "--meta-replay-share", type=_positive_float, help="share of an earlier window's targets replayed, (0, 1]"
+    )
+    meta.add_argument(
+        "--meta-holdout",
+        type=float,
+        help="share of the newest target held back to stop meta epochs on, [0, 1) (with --meta-epochs as the most)",
+    )
+    meta.add_argument(
         "--native-kernels",
         action=argparse.BooleanOptionalAction,
         help="the GRU in C, built with the machine's C compiler (default); --no-native-kernels runs it in torch",
@@ -197,6 +209,9 @@ def meta_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "readout": args.readout,
         "gate_bias": args.gate_bias,
         "warmup": args.warmup,
+        "replay": args.meta_replay,
+        "replay_share": args.meta_replay_share,
+        "holdout": args.meta_holdout,
         "native_kernels": args.native_kernels,
     }
     return {k: v for k, v in pairs.items() if v is not None}

@@ -20,7 +20,6 @@ import torch
 
 from trainer.core.config import BaselineConfig, ModelConfig, ModelKind, TrainConfig
 from trainer.core.features import Examples
-from trainer.core.model import score
 from trainer.learning.learner import BaseLearner
 from trainer.learning.updaters import Updater, base_model_kind, make_updater
 from trainer.research.encoding import EncodedLog
@@ -165,13 +164,12 @@ class Replay:
         updater: Updater,
         on_period: Callable[[PeriodResult], None] | None = None,
     ) -> Iterable[PeriodResult]:
-        n_layers = updater.learner.model.n_layers
         first = self.protocol.pretrain_periods + 1
         for t in range(first, self.protocol.periods):
             started = time.perf_counter()
             serving = updater.update(self.periods[t])
             elapsed = time.perf_counter() - started
-            auc_value, loss_value = score(serving, self.periods[t + 1], n_layers)
+            auc_value, loss_value = updater.score(serving, self.periods[t + 1])
             result = PeriodResult(
                 method=method,
                 seed=seed,

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from trainer.learning.updaters import METHODS
+from trainer.core.methods import REPLAY_METHODS
 from trainer.research.replay import PeriodResult, Split
 
 # The paper's Table 1 and 2 on MovieLens-25M (docs/method.md §8): mean AUC and
@@ -38,7 +38,7 @@ PAPER_MOVIELENS: dict[str, tuple[float, float]] = {
 
 def in_table_order(methods: Iterable[str]) -> list[str]:
     """The paper's row order; names it does not know go last, alphabetically."""
-    rank = {m: i for i, m in enumerate(METHODS)}
+    rank = {m: i for i, m in enumerate(REPLAY_METHODS)}
     return sorted(methods, key=lambda m: (rank.get(m, len(rank)), m))
 
 
@@ -88,14 +88,15 @@ def summarise(
 
 
 def format_table(summary: dict[str, dict[str, Any]]) -> str:
-    lines = [f"{'method':<18} {'AUC':>17} {'LogLoss':>17} {'imp% AUC':>9} {'paired ΔAUC':>18}"]
+    width = max([len("method"), *map(len, summary)])
+    lines = [f"{'method':<{width}} {'AUC':>17} {'LogLoss':>17} {'imp% AUC':>9} {'paired ΔAUC':>18}"]
     for method, row in summary.items():
         paired = ""
         if "paired_auc_diff_mean" in row:
             paired = f"{row['paired_auc_diff_mean']:+.4f} ± {row['paired_auc_diff_std']:.4f}"
         imp = f"{row['auc_imp_pct']:+.2f}" if "auc_imp_pct" in row else ""
         lines.append(
-            f"{method:<18} {row['auc_mean']:.4f} ± {row['auc_std']:.4f} "
+            f"{method:<{width}} {row['auc_mean']:.4f} ± {row['auc_std']:.4f} "
             f"{row['logloss_mean']:.4f} ± {row['logloss_std']:.4f} {imp:>9} {paired:>18}"
         )
     return "\n".join(lines)

@@ -7,11 +7,12 @@ from typing import Any
 
 from trainer.core.config import BaselineConfig
 from trainer.core.features import Examples
-from trainer.core.methods import METHODS, base_model_kind
+from trainer.core.methods import GATED_SUFFIX, METHODS, base_model_kind, is_replay_method, policy_of
 from trainer.learning.learner import BaseLearner
 from trainer.learning.updaters.asmg import Asmg, MetaConfig
 from trainer.learning.updaters.base import Updater
 from trainer.learning.updaters.baselines import IncCtr, Spmf
+from trainer.learning.updaters.gated import Ensembled, Gated
 from trainer.learning.updaters.incremental import BatchUpdate
 from trainer.learning.updaters.sml import Sml
 
@@ -28,6 +29,7 @@ class UnknownMethod(ValueError):
 def meta_config(method: str, overrides: dict[str, Any] | None = None) -> MetaConfig:
     """The meta configuration ``method`` runs with, after ``overrides``."""
     base = replace(CHOSEN_META, **(overrides or {}))
+    method = policy_of(method)[0]
     if method == "asmg-linear":
         return replace(base, generator="linear", strategy="single")
     strategy = method.removeprefix("asmg-gru-")
@@ -43,8 +45,12 @@ def make_updater(
     pretrain: Examples | None = None,
 ) -> Updater:
     """The updater ``method`` names. ``pretrain`` (Θ_0's training data) seeds SPMF's reservoir."""
-    if method not in METHODS:
-        raise UnknownMethod(f"unknown method {method!r}; known: {', '.join(METHODS)}")
+    if not is_replay_method(method):
+        raise UnknownMethod(f"unknown method {method!r}; known: {', '.join(METHODS)} (asmg-* names take +gate or +ens)")
+    policy = policy_of(method)[1]
+    if policy:
+        asmg = Asmg(learner, meta_config(method, meta_overrides), seed)
+        return Gated(asmg) if policy == GATED_SUFFIX else Ensembled(asmg)
     baselines = baselines or BaselineConfig()
     if method == "iu":
         return BatchUpdate(learner, window=1)

@@ -24,9 +24,10 @@ the table sizes.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any, Literal, NamedTuple
 
@@ -35,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from trainer.core.features import Examples, concat_examples
-from trainer.core.model import EMBEDDING_TABLES, CategoryMix, Params, category_mix, parts_logits
+from trainer.core.model import EMBEDDING_TABLES, CategoryMix, Params, category_mix, parts_logits, score
 from trainer.learning.learner import BaseLearner, seeded_generator
 from trainer.learning.meta import CoordinateGRU, LinearCombiner, Readout, join_saved_optimizer_state
 from trainer.learning.updaters.base import Updater
@@ -60,6 +61,15 @@ class MetaConfig:
     # the read-out back), so the GRU sees values of order one: a choice, measured
     input_scale: bool = False
     warmup: int = 1  # periods of meta training before generated models are served
+    # meta-replay: each period the generator also trains on the ``replay`` windows before
+    # the newest (window ending t−1−j → D_{t−j}), each on a ``replay_share`` of its
+    # targets' examples: more distinct meta targets per period than the newest one
+    replay: int = 0
+    replay_share: float = 1.0
+    # the stopping rule: this share of each window's newest target is held back from meta
+    # training and scored after every epoch (of at most ``epochs``); an epoch that does not
+    # lower its loss is undone and ends the period's meta training. 0: every epoch runs
+    holdout: float = 0.0
     # run the GRU's windows in C where a compiler can build them (trainer/learning/native): same steps, faster
     native_kernels: bool = True
 
@@ -70,6 +80,10 @@ class MetaConfig:
             raise ValueError("window, hidden, batch_size and epochs must be positive")
         if self.warmup < 0:
             raise ValueError("warmup must not be negative")
+        if self.replay < 0 or not 0 < self.replay_share <= 1:
+            raise ValueError("replay must not be negative and replay_share must be in (0, 1]")
+        if not 0 <= self.holdout < 1:
+            raise ValueError("holdout must be in [0, 1)")
 
 
 def step_weights(strategy: Strategy, steps: int) -> list[float]:
@@ -174,6 +188,13 @@ def compact_batches(
     return rows, [Examples.from_dict(s) for s in states]
 
 
+class GateScores(NamedTuple):
+    """AUC on a period of the two models that could have served it."""
+
+    generated: float
+    iu: float
+
+
 class Asmg(Updater):
     def __init__(self, learner: BaseLearner, meta: MetaConfig, seed: int) -> None:
         super().__init__(learner)
@@ -206,8 +227,33 @@ class Asmg(Updater):
     def carries_state(self) -> bool:
         return self.meta.generator == "gru" and self.meta.strategy in ("single", "multi", "unif")
 
-    def _window(self) -> list[Params]:
-        return self.models if self.meta.strategy == "full" else self.models[-self.meta.window :]
+    def _window(self, back: int = 0) -> list[Params]:
+        """The window of versions ending ``back`` versions before the newest."""
+        end = len(self.models) - back
+        return self.models[:end] if self.meta.strategy == "full" else self.models[max(0, end - self.meta.window) : end]
+
+    def _replayable(self) -> int:
+        """How many earlier windows meta-replay trains on now: those whole windows the kept versions hold."""
+        return min(self.meta.replay, len(self.models) - self.meta.window)
+
+    def _replay_window(self, back: int) -> None:
+        """One meta-training pass over the window ending ``back`` versions before the
+        newest, scored on the periods that followed each of its versions (the last: the
+        newest version's own period, ``back`` − 1 before the newest). It starts from the
+        zero state: the state carried past that window's start is not kept."""
+        window = self._window(back)
+        end = len(self.models) - back
+        start = end - len(window)
+        targets = self.periods[start + 1 : end + 1]
+        mixes = self.mixes[start + 1 : end + 1]
+        if self.meta.replay_share < 1:
+            picks = [
+                torch.randperm(len(t), generator=self.rng)[: max(1, round(self.meta.replay_share * len(t)))]
+                for t in targets
+            ]
+            targets = [t.select(pick) for t, pick in zip(targets, picks, strict=True)]
+            mixes = [m.select(pick) if m is not None else None for m, pick in zip(mixes, picks, strict=True)]
+        self._train_meta(window, targets, mixes, None)
 
     def update(self, period: Examples) -> Params:
         started = time.perf_counter()
@@ -217,6 +263,9 @@ class Asmg(Updater):
         if len(self.models) >= self.meta.window:
             window = self._window()
             h0 = self.hidden if self.carries_state else None
+            # earlier windows first, so the newest target's steps come last
+            for back in range(self._replayable(), 0, -1):
+                self._replay_window(back)
             older = len(self.periods) - len(window) + 1
             self._train_meta(window, [*self.periods[older:], period], [*self.mixes[older:], mix], h0)
             if self.carries_state:
@@ -232,9 +281,10 @@ class Asmg(Updater):
         self.periods.append(period)
         self.mixes.append(mix)
         if self.meta.strategy != "full":
-            del self.models[: -self.meta.window]
-            del self.periods[: -self.meta.window]
-            del self.mixes[: -self.meta.window]
+            kept = self.meta.window + self.meta.replay
+            del self.models[:-kept]
+            del self.periods[:-kept]
+            del self.mixes[:-kept]
         served = self.generate() if self.generating else self.learner.params()
         # everything ASMG adds to IU's step: the generator's training, the state
         # carry, tracking live rows and generating the serving model
@@ -264,6 +314,18 @@ class Asmg(Updater):
 
     def _mix(self, period: Examples) -> CategoryMix | None:
         return category_mix(period, self.shapes["cat_emb"][0]) if "cat_emb" in self.shapes else None
+
+    def gate_scores(self, period: Examples) -> GateScores | None:
+        """The quality gate's evidence: the model the generator made for ``period``
+        (generated again: same window, state and weights) and IU's model for it,
+        scored on it before either trains on it; None while nothing is generated.
+        Comparing after the update would be unfair: IU has then fitted this very period."""
+        if not self.generating:
+            return None
+        n_layers = self.learner.model.n_layers
+        generated, _ = score(self.generate(), period, n_layers)
+        iu, _ = score(self.learner.params(), period, n_layers)
+        return GateScores(generated, iu)
 
     @property
     def generating(self) -> bool:
@@ -323,39 +385,77 @@ class Asmg(Updater):
         # small ones join the MLP's row, which is then the same for every batch
         scales = self._scales(window[-1])
         row = self._row(window, h0, scales, {n: t for n, t in tables.items() if n not in looked_up})
-        self.generator.train()
+
+        def batch_loss(picks: list[Tensor | None]) -> Tensor:
+            """Σ_j λ_j · mean BCE of step j's examples ``picks[j]`` (None: none of that step)."""
+            chosen = [j for j, pick in enumerate(picks) if pick is not None and len(pick)]
+            batches = [targets[j].select(picks[j]) for j in chosen]  # type: ignore[arg-type]
+            rows, compact = compact_batches(batches, looked_up, chosen)
+            batch_tables = {name: t.select(rows[name]) if name in rows else t for name, t in tables.items()}
+            generated = self._generate_rows(row, batch_tables, scales)
+            # every chosen step's batch scored in one pass over the steps' tables, stacked
+            tables_flat = {name: generated[name].flatten(0, 1) for name in self.live}
+            parts_mixes = None
+            if cat_rows is not None:
+                cats = torch.cat([places[j] + j * len(cat_rows) for j in chosen])
+                tables_flat["cat_emb"] = tables_flat["cat_emb"].index_select(0, cats)
+                parts_mixes = [mixes[j].select(picks[j]) for j in chosen]  # type: ignore[union-attr, arg-type]
+            steps = None if len(chosen) == len(window) else torch.tensor(chosen)
+            heads = {
+                name: generated[name] if steps is None else generated[name].index_select(0, steps) for name in self.mlp
+            }
+            sizes = [len(ex) for ex in compact]
+            ex = concat_examples(compact)
+            scores = parts_logits(tables_flat, heads, ex, sizes, self.learner.model.n_layers, parts_mixes)
+            per_row = torch.cat([torch.full((n,), weights[j] / n) for j, n in zip(chosen, sizes, strict=True)])
+            return F.binary_cross_entropy_with_logits(scores, ex.label, weight=per_row, reduction="sum")
+
+        # the stopping rule: a slice of the newest target held back, scored after every epoch
+        newest = torch.randperm(len(targets[-1]), generator=self.rng) if self.meta.holdout else None
+        held = None
+        if newest is not None:
+            cut = min(len(newest) - 1, max(1, round(self.meta.holdout * len(newest))))
+            held, newest = newest[:cut], newest[cut:]
+            n_batches = max(1, math.ceil(len(newest) / self.meta.batch_size))
+        best = self._held_loss(batch_loss, held, len(window))
+        kept = self._generator_snapshot() if best is not None else None
         for _ in range(self.meta.epochs):
+            self.generator.train()
             splits = [
                 torch.randperm(len(t), generator=self.rng).tensor_split(n_batches) if w > 0 else None
                 for t, w in zip(targets, weights, strict=True)
             ]
+            if newest is not None and splits[-1] is not None:
+                splits[-1] = newest[torch.randperm(len(newest), generator=self.rng)].tensor_split(n_batches)
             for b in range(n_batches):
-                chosen = [j for j, s in enumerate(splits) if s is not None and len(s[b])]
-                batches = [targets[j].select(splits[j][b]) for j in chosen]  # type: ignore[index]
-                rows, compact = compact_batches(batches, looked_up, chosen)
-                batch_tables = {name: t.select(rows[name]) if name in rows else t for name, t in tables.items()}
-                generated = self._generate_rows(row, batch_tables, scales)
-                # every chosen step's batch scored in one pass over the steps' tables, stacked
-                tables_flat = {name: generated[name].flatten(0, 1) for name in self.live}
-                parts_mixes = None
-                if cat_rows is not None:
-                    cats = torch.cat([places[j] + j * len(cat_rows) for j in chosen])
-                    tables_flat["cat_emb"] = tables_flat["cat_emb"].index_select(0, cats)
-                    parts_mixes = [mixes[j].select(splits[j][b]) for j in chosen]  # type: ignore[union-attr, index]
-                steps = None if len(chosen) == len(window) else torch.tensor(chosen)
-                heads = {
-                    name: generated[name] if steps is None else generated[name].index_select(0, steps)
-                    for name in self.mlp
-                }
-                sizes = [len(ex) for ex in compact]
-                ex = concat_examples(compact)
-                scores = parts_logits(tables_flat, heads, ex, sizes, self.learner.model.n_layers, parts_mixes)
-                # Σ_j λ_j · mean BCE of step j's batch
-                per_row = torch.cat([torch.full((n,), weights[j] / n) for j, n in zip(chosen, sizes, strict=True)])
-                loss = F.binary_cross_entropy_with_logits(scores, ex.label, weight=per_row, reduction="sum")
+                loss = batch_loss([split[b] if split is not None else None for split in splits])
                 self.meta_optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.meta_optimizer.step()
+            now = self._held_loss(batch_loss, held, len(window))
+            if now is not None and best is not None:
+                if now >= best:  # this epoch did not help on held-back events: undo it and stop
+                    self._restore_generator(kept)
+                    break
+                best, kept = now, self._generator_snapshot()
+
+    def _held_loss(
+        self, batch_loss: Callable[[list[Tensor | None]], Tensor], held: Tensor | None, steps: int
+    ) -> float | None:
+        """The loss of the window's last generated model on the held-back examples ``held`` of the newest target."""
+        if held is None:
+            return None
+        self.generator.eval()
+        with torch.no_grad():
+            return float(batch_loss([None] * (steps - 1) + [held]))
+
+    def _generator_snapshot(self) -> dict[str, Any]:
+        return copy.deepcopy({"generator": self.generator.state_dict(), "optimizer": self.meta_optimizer.state_dict()})
+
+    def _restore_generator(self, snapshot: dict[str, Any] | None) -> None:
+        assert snapshot is not None
+        self.generator.load_state_dict(snapshot["generator"])
+        self.meta_optimizer.load_state_dict(snapshot["optimizer"])
 
     def _generate_rows(self, row: _Row, tables: dict[str, _TableRows], scales: dict[str, float]) -> Params:
         """The generated parameters after every window step, stacked ``[T, ...]``:

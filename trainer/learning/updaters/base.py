@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from typing import Any
 
 from trainer.core.features import Examples
-from trainer.core.model import Params
+from trainer.core.model import Params, score
 from trainer.learning.learner import BaseLearner
 
 
@@ -24,6 +24,11 @@ class Updater(ABC):
     @abstractmethod
     def update(self, period: Examples) -> Params:
         """Learn from the closed period; return the model for the next one."""
+
+    def score(self, served: Params, period: Examples) -> tuple[float, float]:
+        """AUC and LogLoss on ``period`` of what serving ``served`` (what ``update``
+        returned) predicts: the model itself, unless a method serves more than one."""
+        return score(served, period, self.learner.model.n_layers)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything the next ``update`` needs, so a restart resumes exactly."""

@@ -1,0 +1,69 @@
+"""Policies over an ASMG method's generated model and IU's, as update methods of their own.
+
+``+gate``: the service's publication policy.
+
+The service publishes an ASMG method's generated model only when, on the
+period that just closed, the model the generator made for it beat the model
+IU would have served, both scored before either trained on it (the quality
+gate); otherwise it publishes IU's new model. Replaying that policy shows
+what a user of the service gets, beside the always-generated method and IU.
+The held-back check the service adds (a blow-up guard) is not replayed.
+
+``+ens``: an ensemble that averages the logits of the generated model and
+IU's, a serving-time alternative: two models to hold and run per request.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from trainer.core.features import Examples
+from trainer.core.model import Params, score
+from trainer.learning.updaters.asmg import Asmg
+from trainer.learning.updaters.base import Updater
+
+
+class Gated(Updater):
+    def __init__(self, asmg: Asmg) -> None:
+        super().__init__(asmg.learner)
+        self.asmg = asmg
+        self.served_generated = 0  # periods the generated model went out
+
+    def update(self, period: Examples) -> Params:
+        scores = self.asmg.gate_scores(period)
+        generated = self.asmg.update(period)
+        self.last_meta_seconds = self.asmg.last_meta_seconds
+        # no evidence yet (warming up, or the first generated model) publishes IU, as the service does
+        if scores is None or not self.asmg.generating or scores.generated < scores.iu:
+            return self.learner.params()
+        self.served_generated += 1
+        return generated
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**self.asmg.state_dict(), "served_generated": self.served_generated}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.asmg.load_state_dict(state)
+        self.served_generated = int(state.get("served_generated", 0))
+
+
+class Ensembled(Updater):
+    def __init__(self, asmg: Asmg) -> None:
+        super().__init__(asmg.learner)
+        self.asmg = asmg
+
+    def update(self, period: Examples) -> Params:
+        served = self.asmg.update(period)
+        self.last_meta_seconds = self.asmg.last_meta_seconds
+        return served
+
+    def score(self, served: Params, period: Examples) -> tuple[float, float]:
+        iu = self.learner.params()
+        partners = [] if served is iu or not self.asmg.generating else [iu]
+        return score(served, period, self.learner.model.n_layers, partners)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.asmg.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.asmg.load_state_dict(state)
