@@ -92,7 +92,7 @@ def add_service_parsers(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=run_trainer_command)
 
     p = sub.add_parser("demo", help="run the service on the embedded store with simulated drifting traffic")
-    p.add_argument("--periods", type=trainer_cli._positive_int, default=12, help="periods to simulate")
+    p.add_argument("--periods", type=trainer_cli.positive_int, default=12, help="periods to simulate")
     p.add_argument("--state-dir", type=Path, help="keep the demo's store here (default: a temporary directory)")
     p.add_argument("--port", type=int, default=0, help="port of the demo server (default: any free one)")
     p.add_argument("--seed", type=int, default=0)

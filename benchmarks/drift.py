@@ -32,7 +32,7 @@ import torch
 
 from trainer.core.config import ModelConfig, TrainConfig
 from trainer.learning.updaters import meta_config
-from trainer.research.cli import _positive_int
+from trainer.research.cli import positive_int
 from trainer.research.drift import check_regularity, check_strength, drift_events
 from trainer.research.encoding import encode_log
 from trainer.research.replay import MIN_ROWS_PER_PERIOD, PeriodResult, Protocol, Replay
@@ -64,7 +64,7 @@ def comma_floats(check: Callable[[float], None]) -> Callable[[str], list[float]]
 
 
 def events_per_period(text: str) -> int:
-    n = _positive_int(text)
+    n = positive_int(text)
     if n < MIN_ROWS_PER_PERIOD:
         raise argparse.ArgumentTypeError(f"must be at least {MIN_ROWS_PER_PERIOD}, to score a period")
     return n
@@ -78,13 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--regularity", type=comma_floats(check_regularity), default=[1.0], help="1 = pure trend, 0 = random walk"
     )
-    parser.add_argument("--seeds", type=_positive_int, default=3, help="number of seeds (0..N-1)")
-    parser.add_argument("--users", type=_positive_int, default=300)
-    parser.add_argument("--items", type=_positive_int, default=400)
-    parser.add_argument("--categories", type=_positive_int, default=8)
-    parser.add_argument("--dim", type=_positive_int, default=4, help="taste and style dimensions")
+    parser.add_argument("--seeds", type=positive_int, default=3, help="number of seeds (0..N-1)")
+    parser.add_argument("--users", type=positive_int, default=300)
+    parser.add_argument("--items", type=positive_int, default=400)
+    parser.add_argument("--categories", type=positive_int, default=8)
+    parser.add_argument("--dim", type=positive_int, default=4, help="taste and style dimensions")
     parser.add_argument("--events-per-period", type=events_per_period, default=5000)
-    parser.add_argument("--threads", type=_positive_int, default=1, help="torch threads")
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch threads")
     parser.add_argument("--out", type=Path, required=True)
     return parser
 

@@ -136,3 +136,57 @@ def test_the_ensemble_averages_the_two_models_logits_once_generating(
         assert got[0] == pytest.approx(auc(after.label.numpy(), mean.numpy()), abs=1e-6)
         assert got[0] not in (score(served, after, 3)[0], score(iu, after, 3)[0])
     assert updater.asmg.generating
+
+
+@pytest.mark.parametrize("method", ["iu+prev", "asmg-gru-multi+prev"])
+def test_the_previous_model_control_averages_each_model_with_the_one_served_before(
+    method: str, small_log: EncodedLog, small_config: ModelConfig, small_train: TrainConfig
+) -> None:
+    from trainer.core.metrics import auc
+    from trainer.core.model import logits
+    from trainer.learning.updaters.gated import WithPrevious
+
+    updater = make_updater(method, BaseLearner(small_config, small_train, 3), 3, META)
+    plain = make_updater(method.removesuffix("+prev"), BaseLearner(small_config, small_train, 3), 3, META)
+    assert isinstance(updater, WithPrevious)
+    data = periods(small_log)
+    before: Params | None = None
+    for now, after in itertools.pairwise(data):
+        served = updater.update(now)
+        assert same(served, plain.update(now))  # the method itself is untouched
+        got = updater.score(served, after)
+        if before is None:
+            assert got == score(served, after, 3)
+        else:
+            mean = torch.sigmoid((logits(served, after, 3) + logits(before, after, 3)) / 2)
+            assert got[0] == pytest.approx(auc(after.label.numpy(), mean.numpy()), abs=1e-6)
+            assert got[0] != score(served, after, 3)[0]
+        # a copy: IU trains the served tensors in place on the next period
+        before = {name: value.clone() for name, value in served.items()}
+
+
+def test_the_previous_model_control_takes_any_method_and_ensembles_only_asmg(
+    small_config: ModelConfig, small_train: TrainConfig
+) -> None:
+    from trainer.core.methods import is_replay_method
+
+    assert all(is_replay_method(name) for name in ("iu+prev", "bu-3+prev", "spmf+prev", "asmg-linear+prev"))
+    assert not any(is_replay_method(name) for name in ("iu+ens", "nope+prev", "iu+prev+prev"))
+
+
+def test_the_previous_model_control_resumes_with_its_partner(
+    small_log: EncodedLog, small_config: ModelConfig, small_train: TrainConfig
+) -> None:
+    import io
+
+    data = periods(small_log)
+    original = make_updater("iu+prev", BaseLearner(small_config, small_train, 3), 3, META)
+    for p in data[:3]:
+        original.update(p)
+    buffer = io.BytesIO()
+    torch.save(original.state_dict(), buffer)
+    restored = make_updater("iu+prev", BaseLearner(small_config, small_train, 9), 9, META)
+    restored.load_state_dict(torch.load(io.BytesIO(buffer.getvalue()), weights_only=True))
+    served, again = original.update(data[3]), restored.update(data[3])
+    assert original.score(served, data[4]) == restored.score(again, data[4])
+    assert restored.score(again, data[4]) != score(again, data[4], 3)

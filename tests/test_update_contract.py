@@ -39,7 +39,7 @@ def assert_same(a: Params, b: Params) -> None:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("method", [*REPLAY_METHODS, "asmg-gru-multi+ens"])
+@pytest.mark.parametrize("method", [*REPLAY_METHODS, "asmg-gru-multi+ens", "iu+prev", "asmg-gru-multi+prev"])
 def test_produces_models_of_the_base_shapes(
     method: str, small_log: EncodedLog, small_config: ModelConfig, small_train: TrainConfig
 ) -> None:
@@ -50,7 +50,7 @@ def test_produces_models_of_the_base_shapes(
         assert all(torch.isfinite(t).all() for t in served.values())
 
 
-@pytest.mark.parametrize("method", [*REPLAY_METHODS, "asmg-gru-multi+ens"])
+@pytest.mark.parametrize("method", [*REPLAY_METHODS, "asmg-gru-multi+ens", "iu+prev", "asmg-gru-multi+prev"])
 def test_deterministic_under_a_seed(
     method: str, small_log: EncodedLog, small_config: ModelConfig, small_train: TrainConfig
 ) -> None:
@@ -63,7 +63,7 @@ def test_deterministic_under_a_seed(
     assert not torch.equal(first[-1]["item_emb"], other[-1]["item_emb"])
 
 
-@pytest.mark.parametrize("method", [*REPLAY_METHODS, "asmg-gru-multi+ens"])
+@pytest.mark.parametrize("method", [*REPLAY_METHODS, "asmg-gru-multi+ens", "iu+prev", "asmg-gru-multi+prev"])
 def test_save_and_load_resumes_exactly(
     method: str, small_log: EncodedLog, small_config: ModelConfig, small_train: TrainConfig
 ) -> None:

@@ -44,12 +44,12 @@ def _methods(value: str) -> list[str]:
     if unknown or not names:
         raise argparse.ArgumentTypeError(
             f"unknown method(s) {', '.join(unknown) or '(none given)'}; known: {', '.join(REPLAY_METHODS)}"
-            " (any asmg-* name takes +gate or +ens)"
+            " (any asmg-* name takes +gate or +ens, any name +prev)"
         )
     return names
 
 
-def _positive_int(value: str) -> int:
+def positive_int(value: str) -> int:
     n = int(value)
     if n < 1:
         raise argparse.ArgumentTypeError("must be a positive integer")
@@ -74,7 +74,7 @@ def add_source_arguments(p: argparse.ArgumentParser) -> None:
 def add_base_procs_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--base-procs",
-        type=_positive_int,
+        type=positive_int,
         help="processes every base-model fit (pre-training, each update's IU step) runs on, data parallel "
         "(torch.distributed, gloo): N > 1 relaunches the command under torchrun --nproc-per-node N, one torch "
         "thread per process, the runs one after another (default: torchrun's WORLD_SIZE under torchrun, else 1)",
@@ -116,38 +116,38 @@ def add_replay_parser(sub: argparse._SubParsersAction) -> None:
         default=_methods("iu,asmg-gru-multi"),
         help="comma list, or all (the paper's Table 1 and 2)",
     )
-    p.add_argument("--seeds", type=_positive_int, default=1, help="number of seeds (0..N-1)")
+    p.add_argument("--seeds", type=positive_int, default=1, help="number of seeds (0..N-1)")
     p.add_argument(
         "--out", type=Path, default=Path("results/replay"), help="output directory; finished runs there are not redone"
     )
     p.add_argument(
         "--jobs",
-        type=_positive_int,
+        type=positive_int,
         default=os.cpu_count() or 1,
         help="processes sharing the runs, 1 torch thread each (default: one per core, which measured faster "
         "than torch threads; 1: this process alone, torch's threads)",
     )
     p.add_argument(
         "--threads",
-        type=_positive_int,
+        type=positive_int,
         help="torch threads (default: torch's choice; 1 when running replays side by side)",
     )
     base = p.add_argument_group("base model (every method)")
     add_base_procs_argument(base)
     base.add_argument("--lr", type=_positive_float, default=TrainConfig.lr)
-    base.add_argument("--batch-size", type=_positive_int, default=TrainConfig.batch_size)
-    base.add_argument("--epochs", type=_positive_int, default=TrainConfig.epochs, help="epochs per period")
-    base.add_argument("--pretrain-epochs", type=_positive_int, default=10)
-    base.add_argument("--embedding-dim", type=_positive_int, default=ModelConfig.embedding_dim)
+    base.add_argument("--batch-size", type=positive_int, default=TrainConfig.batch_size)
+    base.add_argument("--epochs", type=positive_int, default=TrainConfig.epochs, help="epochs per period")
+    base.add_argument("--pretrain-epochs", type=positive_int, default=10)
+    base.add_argument("--embedding-dim", type=positive_int, default=ModelConfig.embedding_dim)
     base.add_argument(
-        "--buckets", type=_positive_int, default=ModelConfig.item_buckets, help="user and item hash buckets"
+        "--buckets", type=positive_int, default=ModelConfig.item_buckets, help="user and item hash buckets"
     )
     meta = p.add_argument_group("meta generator (asmg-* methods; defaults: the chosen configuration)")
-    meta.add_argument("--window", type=_positive_int, help="k, versions per window")
-    meta.add_argument("--meta-hidden", type=_positive_int, help="GRU hidden size d")
+    meta.add_argument("--window", type=positive_int, help="k, versions per window")
+    meta.add_argument("--meta-hidden", type=positive_int, help="GRU hidden size d")
     meta.add_argument("--meta-lr", type=_positive_float)
-    meta.add_argument("--meta-batch", type=_positive_int)
-    meta.add_argument("--meta-epochs", type=_positive_int)
+    meta.add_argument("--meta-batch", type=positive_int)
+    meta.add_argument("--meta-epochs", type=positive_int)
     meta.add_argument("--readout", choices=("plain", "residual"), help="plain is the paper's form")
     meta.add_argument("--gate-bias", action=argparse.BooleanOptionalAction, help="biases in the GRU gates")
     meta.add_argument("--warmup", type=int, help="meta-training periods before generated models serve")
@@ -176,7 +176,7 @@ def add_replay_parser(sub: argparse._SubParsersAction) -> None:
         "--spmf-ratio", type=float, default=BaselineConfig.spmf_ratio, help="replayed rows per new positive"
     )
     others.add_argument("--sml-filters", default="3,2", help="SML conv filters n1,n2")
-    others.add_argument("--sml-hidden", type=_positive_int, default=SmlConfig.hidden, help="SML dense hidden size")
+    others.add_argument("--sml-hidden", type=positive_int, default=SmlConfig.hidden, help="SML dense hidden size")
     others.add_argument("--sml-lr", type=_positive_float, default=SmlConfig.lr, help="SML transfer learning rate")
     others.add_argument(
         "--sml-readout", choices=("plain", "residual"), default="residual", help="plain is the paper's form"
@@ -387,7 +387,7 @@ def pretrain(args: argparse.Namespace) -> int:
 def add_pretrain_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pretrain", help="fit an initial model (ASMG_INITIAL_MODEL) on a data set, with ASMG_* sizes")
     add_source_arguments(p)
-    p.add_argument("--epochs", type=_positive_int, default=10)
+    p.add_argument("--epochs", type=positive_int, default=10)
     p.add_argument("--out", type=Path, required=True, help="checkpoint file to write")
     add_base_procs_argument(p)
     p.set_defaults(handler=run_pretrain)

@@ -7,12 +7,19 @@ from typing import Any
 
 from trainer.core.config import BaselineConfig
 from trainer.core.features import Examples
-from trainer.core.methods import GATED_SUFFIX, METHODS, base_model_kind, is_replay_method, policy_of
+from trainer.core.methods import (
+    GATED_SUFFIX,
+    METHODS,
+    PREVIOUS_SUFFIX,
+    base_model_kind,
+    is_replay_method,
+    policy_of,
+)
 from trainer.learning.learner import BaseLearner
 from trainer.learning.updaters.asmg import Asmg, MetaConfig
 from trainer.learning.updaters.base import Updater
 from trainer.learning.updaters.baselines import IncCtr, Spmf
-from trainer.learning.updaters.gated import Ensembled, Gated
+from trainer.learning.updaters.gated import Ensembled, Gated, WithPrevious
 from trainer.learning.updaters.incremental import BatchUpdate
 from trainer.learning.updaters.sml import Sml
 
@@ -46,8 +53,12 @@ def make_updater(
 ) -> Updater:
     """The updater ``method`` names. ``pretrain`` (Θ_0's training data) seeds SPMF's reservoir."""
     if not is_replay_method(method):
-        raise UnknownMethod(f"unknown method {method!r}; known: {', '.join(METHODS)} (asmg-* names take +gate or +ens)")
-    policy = policy_of(method)[1]
+        raise UnknownMethod(
+            f"unknown method {method!r}; known: {', '.join(METHODS)} (asmg-* names take +gate or +ens, any takes +prev)"
+        )
+    inner, policy = policy_of(method)
+    if policy == PREVIOUS_SUFFIX:
+        return WithPrevious(make_updater(inner, learner, seed, meta_overrides, baselines, pretrain))
     if policy:
         asmg = Asmg(learner, meta_config(method, meta_overrides), seed)
         return Gated(asmg) if policy == GATED_SUFFIX else Ensembled(asmg)

@@ -11,6 +11,10 @@ The held-back check the service adds (a blow-up guard) is not replayed.
 
 ``+ens``: an ensemble that averages the logits of the generated model and
 IU's, a serving-time alternative: two models to hold and run per request.
+
+``+prev``: any method's newest model averaged in logits with the one it
+served the period before, the control for ``+ens``: what two models buy
+without a generator.
 """
 
 from __future__ import annotations
@@ -67,3 +71,29 @@ class Ensembled(Updater):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.asmg.load_state_dict(state)
+
+
+class WithPrevious(Updater):
+    def __init__(self, inner: Updater) -> None:
+        super().__init__(inner.learner)
+        self.inner = inner
+        self.previous: Params | None = None  # what the last update served, copied: IU's weights change in place
+        self.newest: Params | None = None
+
+    def update(self, period: Examples) -> Params:
+        self.previous = self.newest
+        served = self.inner.update(period)
+        self.last_meta_seconds = self.inner.last_meta_seconds
+        self.newest = {name: value.detach().clone() for name, value in served.items()}
+        return served
+
+    def score(self, served: Params, period: Examples) -> tuple[float, float]:
+        partners = [] if self.previous is None else [self.previous]
+        return score(served, period, self.learner.model.n_layers, partners)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**self.inner.state_dict(), "previous_served": self.previous, "newest_served": self.newest}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.inner.load_state_dict(state)
+        self.previous, self.newest = state.get("previous_served"), state.get("newest_served")
