@@ -70,6 +70,13 @@ def events_per_period(text: str) -> int:
     return n
 
 
+def blend(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 2:
+        raise argparse.ArgumentTypeError("must be in (0, 2]")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -84,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--categories", type=positive_int, default=8)
     parser.add_argument("--dim", type=positive_int, default=4, help="taste and style dimensions")
     parser.add_argument("--events-per-period", type=events_per_period, default=5000)
+    parser.add_argument(
+        "--meta-blend",
+        type=blend,
+        help="GRU multi serves (1 - B)·IU + B·generated (default: its chosen blend; 1: the generated model whole)",
+    )
     parser.add_argument("--threads", type=positive_int, default=1, help="torch threads")
     parser.add_argument("--out", type=Path, required=True)
     return parser
@@ -107,7 +119,12 @@ def replay_point(args: argparse.Namespace, strength: float, regularity: float, s
         seed=seed,
     )
     replay = Replay(encode_log(table, MODEL), MODEL, TRAIN, PROTOCOL)
-    return [r for method in METHODS for r in replay.run(method, seed)]
+    return [r for method in METHODS for r in replay.run(method, seed, meta_overrides(args, method))]
+
+
+def meta_overrides(args: argparse.Namespace, method: str) -> dict[str, Any]:
+    """GRU multi's blend, where one is asked for: ASMG-Linear keeps its own."""
+    return {"blend": args.meta_blend} if method == "asmg-gru-multi" and args.meta_blend is not None else {}
 
 
 def point_summary(strength: float, regularity: float, results: Sequence[PeriodResult]) -> dict[str, Any]:
@@ -135,7 +152,7 @@ def format_points(points: Sequence[dict[str, Any]], seeds: int) -> str:
     return "\n".join(lines)
 
 
-def plot(points: Sequence[dict[str, Any]], path: Path, seeds: int) -> None:
+def plot(points: Sequence[dict[str, Any]], path: Path, seeds: int, blend: float) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -151,7 +168,8 @@ def plot(points: Sequence[dict[str, Any]], path: Path, seeds: int) -> None:
                 yerr=[p["methods"][method]["paired_auc_diff_std"] for p in series],
                 fmt=style,
                 capsize=3,
-                label=f"{LABELS[method]}, regularity {regularity:g}",
+                label=f"{LABELS[method]}{f' (blend {blend:g})' if method == 'asmg-gru-multi' else ''}, "
+                f"regularity {regularity:g}",
             )
     axis.axhline(0.0, color="0.5", linewidth=0.8)
     axis.set_xlabel("drift strength (degrees per period)")
@@ -176,7 +194,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         "model": asdict(MODEL),
         "train": asdict(TRAIN),
         "protocol": asdict(PROTOCOL),
-        "meta": {m: asdict(meta_config(m)) for m in METHODS if m.startswith("asmg")},
+        "meta": {m: asdict(meta_config(m, meta_overrides(args, m))) for m in METHODS if m.startswith("asmg")},
     }
 
 
@@ -203,7 +221,12 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.perf_counter() - started
     path = args.out / "drift.json"
     path.write_text(json.dumps({"settings": settings(args), "points": points, "seconds": seconds}, indent=2) + "\n")
-    plot(points, args.out / "drift.png", args.seeds)
+    plot(
+        points,
+        args.out / "drift.png",
+        args.seeds,
+        meta_config("asmg-gru-multi", meta_overrides(args, "asmg-gru-multi")).blend,
+    )
     print(format_points(points, args.seeds))
     print(f"{len(replayed)} stream(s) × {args.seeds} seed(s) × {len(METHODS)} methods in {seconds:.0f} s")
     print(path)

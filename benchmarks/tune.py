@@ -79,6 +79,12 @@ def grids(base: dict[str, Any]) -> dict[str, Grid]:
             # the stopping rule: up to E epochs, each kept only while a held-back tenth of D_t improves
             *[(f"multi holdout 0.1 e{e}", "asmg-gru-multi", base, {"holdout": 0.1, "epochs": e}) for e in (1, 3, 5)],
         ],
+        # the served model between IU's (0) and the generated one (1): how far to take the generator's step
+        "blend": [
+            ("iu", "iu", base, {}),
+            *[(f"multi blend {b}", "asmg-gru-multi", base, {"blend": b}) for b in (1.0, 0.25, 0.5, 0.75, 1.5)],
+            ("multi+ens", "asmg-gru-multi+ens", base, {}),
+        ],
         # the baselines' own settings ride in the fourth field, under "baselines"
         "baselines": [
             ("iu", "iu", base, {}),

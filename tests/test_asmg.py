@@ -436,3 +436,40 @@ def test_the_stopping_rule_off_runs_every_epoch(
     for p in data[:3]:
         updater.update(p)
     assert steps == 3 * -(-len(data[2]) // 64)
+
+
+@pytest.mark.parametrize("blend", [0.5, 1.5])
+def test_blend_serves_that_far_along_the_step_from_iu_to_the_generated_model(
+    blend: float, small_log: EncodedLog, small_config: ModelConfig, small_train: TrainConfig
+) -> None:
+    def run(meta: dict[str, Any]) -> tuple[Asmg, list[dict[str, torch.Tensor]]]:
+        updater = make_updater("asmg-gru-multi", BaseLearner(small_config, small_train, 0), 0, meta)
+        assert isinstance(updater, Asmg)
+        return updater, [updater.update(p) for p in periods(small_log, 6)[:5]]
+
+    plain, generated = run({"window": 2, "blend": 1.0})
+    blended, served = run({"window": 2, "blend": blend})
+    iu = plain.learner.params()
+    assert plain.generating
+    for name in iu:
+        # the generator trains the same either way: only what is served moves
+        torch.testing.assert_close(served[-1][name], iu[name] + blend * (generated[-1][name] - iu[name]))
+    assert not torch.equal(served[-1]["mlp.0.weight"], generated[-1]["mlp.0.weight"])
+    # the gate judges the model that would be served
+    gate = blended.gate_scores(periods(small_log, 6)[5])
+    assert gate is not None
+    assert gate.generated == score_of(served[-1], periods(small_log, 6)[5], small_config)
+
+
+def score_of(params: dict[str, torch.Tensor], period: Examples, config: ModelConfig) -> float:
+    from trainer.core.model import score
+
+    return score(params, period, config.n_layers)[0]
+
+
+@pytest.mark.parametrize("blend", [0.0, -0.5, 2.5])
+def test_blend_is_checked(blend: float) -> None:
+    from trainer.learning.updaters.asmg import MetaConfig
+
+    with pytest.raises(ValueError, match="blend"):
+        MetaConfig(blend=blend)

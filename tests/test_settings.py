@@ -29,6 +29,8 @@ def test_embedded_default_runs_the_trainer_in_process() -> None:
         ({"rollover_cron": "0 * * * *", "rollover_interval_seconds": 60}, "not both"),
         ({"max_items": 0}, "max_items"),
         ({"port": 70000}, "port"),
+        ({"meta_blend": 0}, "meta_blend"),
+        ({"meta_blend": 3}, "meta_blend"),
     ],
 )
 def test_bad_settings_are_refused_by_name(values: dict[str, object], field: str) -> None:

@@ -70,7 +70,7 @@ def test_warm_up_then_gate_then_generated(tmp_path: Path) -> None:
 
 def test_a_diverging_generator_is_held_back_by_the_gate(tmp_path: Path) -> None:
     # a meta learning rate this large wrecks the generated models
-    gated = train(tmp_path / "gated", 8, meta_lr=5.0)
+    gated = train(tmp_path / "gated", 8, meta_lr=5.0, meta_blend=1.0)
     lost = [
         v
         for v in gated
@@ -78,14 +78,15 @@ def test_a_diverging_generator_is_held_back_by_the_gate(tmp_path: Path) -> None:
     ]  # type: ignore[index,operator]
     assert lost, "the wrecked generator never lost to IU"
     assert all(v["method"] == "iu" and "quality gate: on this period" in str(v["note"]) for v in lost)
-    ungated = train(tmp_path / "ungated", 8, meta_lr=5.0, quality_gate=False, check_fraction=0)
+    ungated = train(tmp_path / "ungated", 8, meta_lr=5.0, meta_blend=1.0, quality_gate=False, check_fraction=0)
     assert [v["method"] for v in ungated[4:]] == ["asmg-gru-multi"] * 5
 
 
 def test_a_diverging_generator_fails_the_held_back_check_and_iu_is_served(tmp_path: Path) -> None:
     # no track-record gate: only the check on each period's held-back events stands in the way
-    # (a fifth of these small periods: on 7 events a wrecked model can be confidently right by luck)
-    versions = train(tmp_path, 8, meta_lr=5.0, quality_gate=False, check_fraction=0.2)
+    # (a fifth of these small periods: on 7 events a wrecked model can be confidently right by luck);
+    # the generated model served whole (blend 1): the default half step dilutes the wreck
+    versions = train(tmp_path, 8, meta_lr=5.0, meta_blend=1.0, quality_gate=False, check_fraction=0.2)
     generated = versions[4:]
     assert len(generated) == 5
     for v in generated:
@@ -209,7 +210,7 @@ def test_the_trainer_runs_below_serving_at_the_configured_nice(nice: int) -> Non
 
 
 def test_refusals_of_the_generated_model_are_counted_in_a_row_and_exported(tmp_path: Path) -> None:
-    settings = small_settings(tmp_path / "state", meta_lr=5.0, quality_gate=False, check_fraction=0.2)
+    settings = small_settings(tmp_path / "state", meta_lr=5.0, meta_blend=1.0, quality_gate=False, check_fraction=0.2)
     store = LocalStore(settings.state_dir)
     try:
         ensure_initial_model(store, settings)
@@ -221,5 +222,28 @@ def test_refusals_of_the_generated_model_are_counted_in_a_row_and_exported(tmp_p
         assert [s.value for s in families["asmg_trainer_generated_refused_in_a_row"].samples] == [5]
         published = {s.labels["choice"]: s.value for s in families["asmg_last_period_published"].samples}
         assert published == {"generated": 0, "iu": 1, "held": 0}
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize(
+    ("method", "blend", "expected"),
+    [
+        ("asmg-gru-multi", None, 0.5),
+        ("asmg-gru-multi", 1.0, 1.0),
+        ("asmg-linear", None, 1.0),
+        ("asmg-linear", 0.5, 0.5),
+    ],
+)
+def test_the_blend_reaches_the_trainer_with_each_methods_default(
+    tmp_path: Path, method: str, blend: float | None, expected: float
+) -> None:
+    settings = small_settings(tmp_path / "state", method=method, meta_blend=blend)
+    store = LocalStore(settings.state_dir)
+    try:
+        ensure_initial_model(store, settings)
+        updater = PeriodTrainer(store, settings)._fresh_updater()
+        assert isinstance(updater, Asmg)
+        assert updater.meta.blend == expected
     finally:
         store.close()

@@ -107,6 +107,13 @@ class Settings(BaseSettings):
     window: int = Field(3, ge=1, description="ASMG sequence length k.")
     meta_hidden: int = Field(4, ge=1, description="GRU hidden size d per coordinate.")
     meta_lr: float = Field(1e-3, gt=0, description="Adam learning rate of the meta generator.")
+    meta_blend: float | None = Field(
+        None,
+        gt=0,
+        le=2,
+        description="Serve (1 − B)·IU's model + B·the generated one; unset: the method's chosen value "
+        "(0.5 for the ASMG-GRU methods, 1 for asmg-linear). 1 serves the generated model whole, as the paper.",
+    )
     warmup: int = Field(1, ge=0, description="Periods of meta training before generated models are served.")
     native_kernels: bool = Field(
         True,

@@ -132,6 +132,8 @@ class PeriodTrainer:
             "warmup": s.warmup,
             "native_kernels": s.native_kernels,
         }
+        if s.meta_blend is not None:
+            overrides["blend"] = s.meta_blend
         return make_updater(self.settings.method, learner, self.settings.seed, overrides, self.settings.baselines())
 
     def _start_fit_group(self) -> None:

@@ -163,6 +163,11 @@ def add_replay_parser(sub: argparse._SubParsersAction) -> None:
         help="share of the newest target held back to stop meta epochs on, [0, 1) (with --meta-epochs as the most)",
     )
     meta.add_argument(
+        "--meta-blend",
+        type=_positive_float,
+        help="serve (1 - B)·IU's model + B·the generated one, (0, 2]; 1 (default) serves the generated model",
+    )
+    meta.add_argument(
         "--native-kernels",
         action=argparse.BooleanOptionalAction,
         help="the GRU in C, built with the machine's C compiler (default); --no-native-kernels runs it in torch",
@@ -212,6 +217,7 @@ def meta_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "replay": args.meta_replay,
         "replay_share": args.meta_replay_share,
         "holdout": args.meta_holdout,
+        "blend": args.meta_blend,
         "native_kernels": args.native_kernels,
     }
     return {k: v for k, v in pairs.items() if v is not None}

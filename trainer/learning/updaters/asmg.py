@@ -70,6 +70,9 @@ class MetaConfig:
     # training and scored after every epoch (of at most ``epochs``); an epoch that does not
     # lower its loss is undone and ends the period's meta training. 0: every epoch runs
     holdout: float = 0.0
+    # the served model is (1 − blend)·θ_IU + blend·θ_generated, θ_IU the window's newest
+    # version: 1 serves the generated model, 0.5 half the generator's step from IU's
+    blend: float = 1.0
     # run the GRU's windows in C where a compiler can build them (trainer/learning/native): same steps, faster
     native_kernels: bool = True
 
@@ -84,6 +87,8 @@ class MetaConfig:
             raise ValueError("replay must not be negative and replay_share must be in (0, 1]")
         if not 0 <= self.holdout < 1:
             raise ValueError("holdout must be in [0, 1)")
+        if not 0 < self.blend <= 2:
+            raise ValueError("blend must be in (0, 2]")
 
 
 def step_weights(strategy: Strategy, steps: int) -> list[float]:
@@ -602,6 +607,9 @@ class Asmg(Updater):
             # one new table, filled in place: each fresh 2 MB tensor costs ~1 ms in page faults alone
             filled = newest + shift if shift is not None else out[-1:].expand_as(newest).clone()
             generated[name] = filled.index_copy_(0, where, out[:-1])
+        if self.meta.blend != 1.0:
+            iu = window[-1]
+            generated = {name: torch.lerp(iu[name], value, self.meta.blend) for name, value in generated.items()}
         return generated
 
     # -- persistence --------------------------------------------------------------
