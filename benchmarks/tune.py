@@ -30,7 +30,21 @@ from trainer.research.replay import Replay
 Grid = list[tuple[str, str, dict[str, Any], dict[str, Any]]]
 
 
+def served_whole(grid: Grid) -> Grid:
+    """The grid with every ASMG-GRU setting serving the generated model whole (blend 1),
+    as these settings were chosen before the blend was."""
+    return [
+        (label, method, base, {"blend": 1.0, **meta} if method.startswith("asmg-gru") else meta)
+        for label, method, base, meta in grid
+    ]
+
+
 def grids(base: dict[str, Any]) -> dict[str, Grid]:
+    chosen = _grids(base)
+    return {name: served_whole(grid) if name in ("meta", "replay") else grid for name, grid in chosen.items()}
+
+
+def _grids(base: dict[str, Any]) -> dict[str, Grid]:
     return {
         "base": [
             ("iu lr1e-3 b1024", "iu", {}, {}),
@@ -83,7 +97,7 @@ def grids(base: dict[str, Any]) -> dict[str, Grid]:
         "blend": [
             ("iu", "iu", base, {}),
             *[(f"multi blend {b}", "asmg-gru-multi", base, {"blend": b}) for b in (1.0, 0.25, 0.5, 0.75, 1.5)],
-            ("multi+ens", "asmg-gru-multi+ens", base, {}),
+            ("multi+ens blend 1.0", "asmg-gru-multi+ens", base, {"blend": 1.0}),
         ],
         # the baselines' own settings ride in the fourth field, under "baselines"
         "baselines": [
