@@ -27,63 +27,69 @@ from trainer.learning.updaters.asmg import Asmg
 from trainer.learning.updaters.base import Updater
 
 
-class Gated(Updater):
+class Policy(Updater):
+    """A policy over another method: it trains as that method does and keeps its state;
+    only what it serves, or how that is scored, differs."""
+
+    def __init__(self, inner: Updater) -> None:
+        super().__init__(inner.learner)
+        self.inner = inner
+
+    def update(self, period: Examples) -> Params:
+        served = self.inner.update(period)
+        self.last_meta_seconds = self.inner.last_meta_seconds
+        return served
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.inner.load_state_dict(state)
+
+
+class Gated(Policy):
     def __init__(self, asmg: Asmg) -> None:
-        super().__init__(asmg.learner)
+        super().__init__(asmg)
         self.asmg = asmg
         self.served_generated = 0  # periods the generated model went out
 
     def update(self, period: Examples) -> Params:
         scores = self.asmg.gate_scores(period)
-        generated = self.asmg.update(period)
-        self.last_meta_seconds = self.asmg.last_meta_seconds
+        generated = super().update(period)
         # no evidence yet (warming up, or the first generated model) publishes IU, as the service does
-        if scores is None or not self.asmg.generating or scores.generated < scores.iu:
+        if scores is None or scores.generated < scores.iu:
             return self.learner.params()
         self.served_generated += 1
         return generated
 
     def state_dict(self) -> dict[str, Any]:
-        return {**self.asmg.state_dict(), "served_generated": self.served_generated}
+        return {**super().state_dict(), "served_generated": self.served_generated}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.asmg.load_state_dict(state)
+        super().load_state_dict(state)
         self.served_generated = int(state.get("served_generated", 0))
 
 
-class Ensembled(Updater):
+class Ensembled(Policy):
     def __init__(self, asmg: Asmg) -> None:
-        super().__init__(asmg.learner)
+        super().__init__(asmg)
         self.asmg = asmg
 
-    def update(self, period: Examples) -> Params:
-        served = self.asmg.update(period)
-        self.last_meta_seconds = self.asmg.last_meta_seconds
-        return served
-
     def score(self, served: Params, period: Examples) -> tuple[float, float]:
-        iu = self.learner.params()
-        partners = [] if served is iu or not self.asmg.generating else [iu]
+        # in warm-up ``served`` is IU's model itself: nothing to average with
+        partners = [self.learner.params()] if self.asmg.generating else []
         return score(served, period, self.learner.model.n_layers, partners)
 
-    def state_dict(self) -> dict[str, Any]:
-        return self.asmg.state_dict()
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.asmg.load_state_dict(state)
-
-
-class WithPrevious(Updater):
+class WithPrevious(Policy):
     def __init__(self, inner: Updater) -> None:
-        super().__init__(inner.learner)
-        self.inner = inner
+        super().__init__(inner)
         self.previous: Params | None = None  # what the last update served, copied: IU's weights change in place
         self.newest: Params | None = None
 
     def update(self, period: Examples) -> Params:
         self.previous = self.newest
-        served = self.inner.update(period)
-        self.last_meta_seconds = self.inner.last_meta_seconds
+        served = super().update(period)
         self.newest = {name: value.detach().clone() for name, value in served.items()}
         return served
 
@@ -92,8 +98,8 @@ class WithPrevious(Updater):
         return score(served, period, self.learner.model.n_layers, partners)
 
     def state_dict(self) -> dict[str, Any]:
-        return {**self.inner.state_dict(), "previous_served": self.previous, "newest_served": self.newest}
+        return {**super().state_dict(), "previous_served": self.previous, "newest_served": self.newest}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.inner.load_state_dict(state)
+        super().load_state_dict(state)
         self.previous, self.newest = state.get("previous_served"), state.get("newest_served")
