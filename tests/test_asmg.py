@@ -473,3 +473,19 @@ def test_blend_is_checked(blend: float) -> None:
 
     with pytest.raises(ValueError, match="blend"):
         MetaConfig(blend=blend)
+
+
+@pytest.mark.parametrize("lr", [0.0, -1e-3, float("nan")])
+def test_meta_and_base_learning_rates_are_checked(lr: float) -> None:
+    from trainer.learning.updaters.asmg import MetaConfig
+
+    with pytest.raises(ValueError, match="lr"):
+        MetaConfig(lr=lr)
+    with pytest.raises(ValueError, match="lr"):
+        TrainConfig(lr=lr)
+
+
+@pytest.mark.parametrize("bad", [{"batch_size": 0}, {"epochs": 0}])
+def test_base_fit_settings_are_checked(bad: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="positive"):
+        TrainConfig(**bad)

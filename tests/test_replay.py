@@ -4,6 +4,7 @@ import itertools
 
 import numpy as np
 import pytest
+import torch
 
 from trainer.core.config import ModelConfig, TrainConfig
 from trainer.research.encoding import encode_log
@@ -46,3 +47,31 @@ def test_asmg_gru_multi_beats_iu_on_drifting_preferences() -> None:
     scored = [r.period for r in results if r.method == "iu"]
     assert scored == list(range(12, 32))
     assert all(np.isfinite(r.logloss) for r in results)
+
+
+def test_a_warm_start_trains_the_generator_over_the_pretraining_span_and_leaves_theta0_alone() -> None:
+    from trainer.learning.updaters import meta_config
+    from trainer.learning.updaters.asmg import Asmg
+
+    protocol = Protocol(pretrain_periods=6, pretrain_epochs=1, train_periods=2, valid_periods=1, test_periods=1)
+    table = synthetic_events(n_users=40, n_items=60, n_periods=protocol.periods, events_per_period=120, seed=2)
+    replay = Replay(encode_log(table, CONFIG), CONFIG, TrainConfig(lr=1e-2, batch_size=64), protocol)
+    meta = meta_config("asmg-gru-multi", {"lr": 1e-2, "batch_size": 64})
+
+    def generator_after(periods: int) -> tuple[Asmg, dict[str, torch.Tensor]]:
+        asmg = Asmg(replay.pretrained(0), meta, 0)
+        replay.warm_generator(asmg, 0, periods)
+        return asmg, {k: v.clone() for k, v in asmg.generator.state_dict().items()}
+
+    theta0 = {k: v.clone() for k, v in replay.pretrained(0).params().items()}
+    cold, untrained = generator_after(0)
+    warm, trained = generator_after(4)  # pre-trained on 1–2, IU over 3–6: one meta period (window 3–5)
+    _, retrained = generator_after(4)
+    assert any(not torch.equal(untrained[k], trained[k]) for k in trained)
+    assert all(torch.equal(trained[k], retrained[k]) for k in trained)  # seeded: the same generator
+    assert warm.models == [] and warm.meta_periods == 0 and warm.hidden is None  # its own sequence starts at Θ_0
+    assert all(torch.equal(v, warm.learner.params()[k]) for k, v in theta0.items())
+    assert all(torch.equal(v, replay.pretrained(0).params()[k]) for k, v in theta0.items())
+    assert warm.meta_optimizer.state and not cold.meta_optimizer.state
+    with pytest.raises(ValueError, match="none of the 6 pre-training periods"):
+        replay.warm_generator(cold, 0, 6)

@@ -52,6 +52,10 @@ class TrainConfig:
     batch_size: int = 1024
     epochs: int = 1
 
+    def __post_init__(self) -> None:
+        if not self.lr > 0 or self.batch_size < 1 or self.epochs < 1:
+            raise ValueError("lr, batch_size and epochs must be positive")
+
 
 @dataclass(frozen=True)
 class SmlConfig:

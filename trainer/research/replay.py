@@ -22,6 +22,7 @@ from trainer.core.config import BaselineConfig, ModelConfig, ModelKind, TrainCon
 from trainer.core.features import Examples
 from trainer.learning.learner import BaseLearner
 from trainer.learning.updaters import Updater, base_model_kind, make_updater
+from trainer.learning.updaters.asmg import Asmg
 from trainer.research.encoding import EncodedLog
 from trainer.research.events import DataError
 from trainer.research.periods import equal_count_bounds
@@ -76,6 +77,15 @@ def period_bounds(n_rows: int, periods: int) -> list[tuple[int, int]]:
     return equal_count_bounds(n_rows, periods)
 
 
+def updating_with(learner: BaseLearner, train_config: TrainConfig) -> BaseLearner:
+    """``learner``, pre-trained, switched to update with ``train_config``; its Adam
+    moments carry over."""
+    learner.train_config = train_config
+    for group in learner.optimizer.param_groups:
+        group["lr"] = train_config.lr
+    return learner
+
+
 class Replay:
     """One data set cut into periods, with the pre-trained model per seed cached.
 
@@ -119,11 +129,30 @@ class Replay:
         key = (seed, config.kind)
         if key not in self._pretrained:
             self._pretrained[key] = self._pretrain(config, seed)
-        learner = self._pretrained[key].clone()
-        learner.train_config = train_config or self.train_config
-        for group in learner.optimizer.param_groups:
-            group["lr"] = learner.train_config.lr
-        return learner
+        return updating_with(self._pretrained[key].clone(), train_config or self.train_config)
+
+    def warm_generator(self, asmg: Asmg, seed: int, periods: int) -> None:
+        """Train ``asmg``'s generator first over the last ``periods`` pre-training
+        periods: a model pre-trained (as Θ_0 is) on the periods before them, updated
+        by IU period by period over them, makes a sequence of versions whose every
+        meta target is a period none of them has seen. ``asmg`` keeps the trained
+        generator and its optimiser state, and starts its own sequence from Θ_0 as
+        before (zero hidden state): Θ_0, and IU, are unchanged."""
+        if periods < 1:
+            return
+        first = self.protocol.pretrain_periods - periods + 1  # the first period the sequence updates on
+        if first < 2:
+            raise ValueError(
+                f"a warm start over {periods} periods leaves none of the {self.protocol.pretrain_periods} "
+                "pre-training periods to pre-train on"
+            )
+        learner = BaseLearner(asmg.learner.config, self.pretrain_config, seed)
+        learner.fit(self.log.examples(0, self.bounds[first - 2][1]), epochs=self.protocol.pretrain_epochs)
+        warm = Asmg(updating_with(learner, asmg.learner.train_config), asmg.meta, seed)
+        for t in range(first, self.protocol.pretrain_periods + 1):
+            warm.update(self.log.examples(*self.bounds[t - 1]))
+        asmg.generator.load_state_dict(warm.generator.state_dict())
+        asmg.meta_optimizer.load_state_dict(warm.meta_optimizer.state_dict())
 
     def _pretrain(self, config: ModelConfig, seed: int) -> BaseLearner:
         learner = BaseLearner(config, self.pretrain_config, seed)

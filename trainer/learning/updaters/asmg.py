@@ -81,6 +81,8 @@ class MetaConfig:
             raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}")
         if self.window < 1 or self.hidden < 1 or self.batch_size < 1 or self.epochs < 1:
             raise ValueError("window, hidden, batch_size and epochs must be positive")
+        if not self.lr > 0:
+            raise ValueError("lr must be positive")
         if self.warmup < 0:
             raise ValueError("warmup must not be negative")
         if self.replay < 0 or not 0 < self.replay_share <= 1:
