@@ -15,7 +15,10 @@ Variants:
   choice uses that period's labels.
 
 ``--late-start P`` leaves the generator untrained for its first P periods
-(they serve IU's model): how much its gain owes to the length of its warm-up.
+(they serve IU's model), and ``--warm-start W`` trains it first over the last W
+pre-training periods (``Replay.warm_generator``): how much its gain owes to how
+long it has trained. ``--early-lr LR --early-periods N`` trains it with meta
+learning rate LR for its first N periods, then with the chosen one.
 
 Choose on validation (scored periods 22–24); the test periods of the chosen
 variants are printed beside the default (global 0.5) for the record.
@@ -45,10 +48,10 @@ from trainer.core.model import Params, score
 from trainer.learning.learner import BaseLearner
 from trainer.learning.updaters import meta_config
 from trainer.learning.updaters.asmg import Asmg, MetaConfig
-from trainer.research.cli import positive_int
+from trainer.research.cli import positive_float, positive_int
 from trainer.research.datasets import load_dataset
 from trainer.research.encoding import encode_log
-from trainer.research.replay import Replay
+from trainer.research.replay import Replay, theta0_dir
 
 LEVELS = (0.0, 0.25, 0.5, 0.75, 1.0)
 KIND_LEVELS = LEVELS[1:]  # per kind: 64 variants, each scored every period
@@ -78,17 +81,33 @@ def blended(iu: Params, generated: Params, blends: Mapping[str, float]) -> Param
     return {name: torch.lerp(iu[name], value, blends[kind(name)]) for name, value in generated.items()}
 
 
-class LateStart(Asmg):
-    """GRU multi whose generator trains only from its ``late``-th meta period on;
-    until then its untrained residual read-out returns IU's newest model."""
+class Scheduled(Asmg):
+    """GRU multi whose generator trains only from its ``late``-th meta period on
+    (until then its untrained residual read-out returns IU's newest model), and
+    with ``early_lr`` for its first ``early_periods`` periods of training."""
 
-    def __init__(self, learner: BaseLearner, meta: MetaConfig, seed: int, late: int) -> None:
+    def __init__(
+        self,
+        learner: BaseLearner,
+        meta: MetaConfig,
+        seed: int,
+        late: int = 0,
+        early_lr: float | None = None,
+        early_periods: int = 0,
+    ) -> None:
         super().__init__(learner, meta, seed)
         self.late = late
+        self.early_lr = early_lr
+        self.early_periods = early_periods
 
     def _train_meta(self, *args: Any) -> None:
-        if self.meta_periods >= self.late:
-            super()._train_meta(*args)
+        trained = self.meta_periods - self.late  # periods the generator has trained on so far
+        if trained < 0:
+            return
+        early = self.early_lr is not None and trained < self.early_periods
+        for group in self.meta_optimizer.param_groups:
+            group["lr"] = self.early_lr if early else self.meta.lr
+        super()._train_meta(*args)
 
 
 def sweep_seed(
@@ -98,11 +117,13 @@ def sweep_seed(
     blends: Mapping[str, Mapping[str, float]],
     late: int = 0,
     warm: int = 0,
+    early_lr: float | None = None,
+    early_periods: int = 0,
 ) -> list[dict]:
     """Per scored period with a generated model: its split and every variant's AUC.
     ``meta`` should serve the generated model whole (blend 1): the variants blend it."""
     learner = replay.pretrained(seed)
-    updater = LateStart(learner, meta, seed, late)
+    updater = Scheduled(learner, meta, seed, late, early_lr, early_periods)
     replay.warm_generator(updater, seed, warm)
     n_layers = learner.model.n_layers
     first = replay.protocol.pretrain_periods + 1
@@ -137,10 +158,15 @@ def split_means(per_seed: Sequence[Sequence[dict]], split: str) -> dict[str, np.
     }
 
 
-def line(label: str, values: np.ndarray, baseline: np.ndarray) -> str:
+def paired(values: np.ndarray, baseline: np.ndarray) -> str:
     diff = values - baseline
     spread = diff.std(ddof=1) if len(diff) > 1 else 0.0
-    return f"{label:<34} AUC {values.mean():.4f}  Δ vs IU {diff.mean():+.4f} ± {spread:.4f}"
+    return f"{diff.mean():+.4f} ± {spread:.4f}"
+
+
+def line(label: str, values: np.ndarray, iu: np.ndarray, default: np.ndarray) -> str:
+    """A variant's mean AUC and its paired differences from IU and from the default blend."""
+    return f"{label:<34} AUC {values.mean():.4f}  Δ vs IU {paired(values, iu)}  vs default {paired(values, default)}"
 
 
 def json_object(text: str) -> dict[str, Any]:
@@ -177,10 +203,14 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         default=0,
         help="pre-training periods the generator first trains over (Replay.warm_generator)",
     )
+    parser.add_argument("--early-lr", type=positive_float, help="the meta lr for the generator's first periods")
+    parser.add_argument(
+        "--early-periods", type=non_negative_int, default=0, help="periods of training that use --early-lr"
+    )
     parser.add_argument("--global-only", action="store_true", help="score the global blends only (faster)")
     parser.add_argument("--top", type=positive_int, default=8, help="validation's best variants to print")
     parser.add_argument("--out", type=Path, help="write every period's AUC per variant here (JSON)")
-    parser.add_argument("--pretrained-dir", type=Path, help="keep each Θ_0 here, shared with tune.py's")
+    parser.add_argument("--pretrained-dir", type=Path, help="keep each Θ_0 here, as tune.py does")
     args = parser.parse_args(argv)
     if "blend" in args.meta:
         parser.error("--meta: the blend is what the sweep varies; leave it out")
@@ -192,6 +222,8 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         args.train_config = TrainConfig(**{**asdict(TrainConfig()), **args.base})
     except (TypeError, ValueError) as error:
         parser.error(f"--base: {error}")
+    if (args.early_lr is None) != (args.early_periods == 0):
+        parser.error("--early-lr and --early-periods go together")
     if args.late_start and args.meta_config.readout != "residual":
         parser.error("--late-start needs the residual read-out (an untrained plain one is noise)")
     return args
@@ -201,19 +233,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse(argv)
     torch.set_num_threads(1)
     config = ModelConfig()
-    # Θ_0 where tune.py keeps it for the same base settings
-    name = "-".join(f"{key}{value}" for key, value in sorted(args.base.items())) or "default"
     replay = Replay(
         encode_log(load_dataset(args.dataset), config),
         config,
         args.train_config,
-        pretrained_dir=args.pretrained_dir / name if args.pretrained_dir else None,
+        pretrained_dir=theta0_dir(args.pretrained_dir, args.dataset, args.base) if args.pretrained_dir else None,
     )
     blends = variants(per_kind=not args.global_only)
     per_seed = []
     for seed in range(args.seeds):
         started = time.perf_counter()
-        rows = sweep_seed(replay, seed, args.meta_config, blends, args.late_start, args.warm_start)
+        rows = sweep_seed(
+            replay,
+            seed,
+            args.meta_config,
+            blends,
+            args.late_start,
+            args.warm_start,
+            args.early_lr,
+            args.early_periods,
+        )
         with_adaptive(rows)
         per_seed.append(rows)
         print(f"seed {seed}: {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
@@ -229,10 +268,10 @@ def report(per_seed: Sequence[Sequence[dict]], top: int) -> None:
     ranked = sorted(valid, key=lambda name: -valid[name].mean())
     print(f"validation, {len(per_seed)} seeds, paired against IU (global 0):")
     for name in dict.fromkeys([*ranked[:top], DEFAULT, "global 1", ADAPTIVE]):
-        print(line(name, valid[name], iu_valid))
+        print(line(name, valid[name], iu_valid, valid[DEFAULT]))
     print("test, the default, validation's best and the adaptive blend:")
     for name in dict.fromkeys([DEFAULT, ranked[0], "global 1", ADAPTIVE]):
-        print(line(name, test[name], iu_test))
+        print(line(name, test[name], iu_test, test[DEFAULT]))
     picks = [r["adaptive_pick"] for rows in per_seed for r in rows if r["split"] == "test"]
     print("adaptive picks on test periods:", {p: picks.count(p) for p in sorted(set(picks))})
 

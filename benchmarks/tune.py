@@ -24,7 +24,7 @@ import torch
 from trainer.core.config import BaselineConfig, ModelConfig, SmlConfig, TrainConfig
 from trainer.research.datasets import load_dataset
 from trainer.research.encoding import encode_log
-from trainer.research.replay import Replay
+from trainer.research.replay import Replay, theta0_dir
 
 # each entry: (label, method, base-model settings, meta settings)
 Grid = list[tuple[str, str, dict[str, Any], dict[str, Any]]]
@@ -134,7 +134,7 @@ def main() -> int:
     parser.add_argument("--only", help="labels to run, separated by |")
     parser.add_argument("--out", type=Path)
     parser.add_argument(
-        "--pretrained-dir", type=Path, help="keep each Θ_0 here, shared by runs with the same data and base settings"
+        "--pretrained-dir", type=Path, help="keep each Θ_0 here, one folder per data set and base settings"
     )
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -150,8 +150,7 @@ def main() -> int:
     for label, method, base, meta in grid:
         train = TrainConfig(**{**asdict(TrainConfig()), **base})
         if train not in replays:
-            name = "-".join(f"{key}{value}" for key, value in sorted(base.items())) or "default"
-            where = args.pretrained_dir / name if args.pretrained_dir else None
+            where = theta0_dir(args.pretrained_dir, args.dataset, base) if args.pretrained_dir else None
             replays[train] = Replay(log, config, train, pretrained_dir=where)
         replay = replays[train]
         started = time.perf_counter()

@@ -90,6 +90,16 @@ def test_bad_meta_setting_is_refused_before_any_work(tmp_path: Path, capsys: pyt
     assert "warmup" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("value", ["0", "-1e-3", "nan", "inf"])
+def test_a_learning_rate_must_be_a_positive_number(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from trainer.research.cli import build_parser
+
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["replay", "--synthetic", "--meta-lr", value])
+    assert exit_info.value.code == 2
+    assert "--meta-lr" in capsys.readouterr().err
+
+
 def test_all_methods_is_the_papers_whole_table_and_the_served_policy() -> None:
     from trainer.learning.updaters import METHODS
     from trainer.research.cli import build_parser

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ import torch
 from trainer.core.config import ModelConfig, TrainConfig
 from trainer.research.encoding import encode_log
 from trainer.research.events import DataError
-from trainer.research.replay import Protocol, Replay, period_bounds
+from trainer.research.replay import Protocol, Replay, period_bounds, theta0_dir
 from trainer.research.report import summarise
 from trainer.research.synthetic import synthetic_events
 
@@ -75,3 +76,10 @@ def test_a_warm_start_trains_the_generator_over_the_pretraining_span_and_leaves_
     assert warm.meta_optimizer.state and not cold.meta_optimizer.state
     with pytest.raises(ValueError, match="none of the 6 pre-training periods"):
         replay.warm_generator(cold, 0, 6)
+
+
+def test_each_data_set_keeps_its_own_theta0_for_the_same_base_settings(tmp_path: Path) -> None:
+    small = theta0_dir(tmp_path, "ml-latest-small", {"lr": 0.001, "batch_size": 128})
+    assert small != theta0_dir(tmp_path, "ml-100k", {"lr": 0.001, "batch_size": 128})
+    assert small == theta0_dir(tmp_path, "ml-latest-small", {"batch_size": 128, "lr": 0.001})
+    assert small.parent.parent == tmp_path

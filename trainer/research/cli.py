@@ -6,6 +6,7 @@ import argparse
 import importlib
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -56,10 +57,10 @@ def positive_int(value: str) -> int:
     return n
 
 
-def _positive_float(value: str) -> float:
+def positive_float(value: str) -> float:
     x = float(value)
-    if not x > 0:
-        raise argparse.ArgumentTypeError("must be positive")
+    if not 0 < x < math.inf:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError("must be a positive number")
     return x
 
 
@@ -134,7 +135,7 @@ def add_replay_parser(sub: argparse._SubParsersAction) -> None:
     )
     base = p.add_argument_group("base model (every method)")
     add_base_procs_argument(base)
-    base.add_argument("--lr", type=_positive_float, default=TrainConfig.lr)
+    base.add_argument("--lr", type=positive_float, default=TrainConfig.lr)
     base.add_argument("--batch-size", type=positive_int, default=TrainConfig.batch_size)
     base.add_argument("--epochs", type=positive_int, default=TrainConfig.epochs, help="epochs per period")
     base.add_argument("--pretrain-epochs", type=positive_int, default=10)
@@ -145,7 +146,7 @@ def add_replay_parser(sub: argparse._SubParsersAction) -> None:
     meta = p.add_argument_group("meta generator (asmg-* methods; defaults: the chosen configuration)")
     meta.add_argument("--window", type=positive_int, help="k, versions per window")
     meta.add_argument("--meta-hidden", type=positive_int, help="GRU hidden size d")
-    meta.add_argument("--meta-lr", type=_positive_float)
+    meta.add_argument("--meta-lr", type=positive_float)
     meta.add_argument("--meta-batch", type=positive_int)
     meta.add_argument("--meta-epochs", type=positive_int)
     meta.add_argument("--readout", choices=("plain", "residual"), help="plain is the paper's form")
@@ -155,7 +156,7 @@ def add_replay_parser(sub: argparse._SubParsersAction) -> None:
         "--meta-replay", type=int, help="earlier windows the generator also trains on each period (meta-replay)"
     )
     meta.add_argument(
-        "--meta-replay-share", type=_positive_float, help="share of an earlier window's targets replayed, (0, 1]"
+        "--meta-replay-share", type=positive_float, help="share of an earlier window's targets replayed, (0, 1]"
     )
     meta.add_argument(
         "--meta-holdout",
@@ -164,7 +165,7 @@ def add_replay_parser(sub: argparse._SubParsersAction) -> None:
     )
     meta.add_argument(
         "--meta-blend",
-        type=_positive_float,
+        type=positive_float,
         help="serve (1 - B)·IU's model + B·the generated one, (0, 2]; 1 (default) serves the generated model",
     )
     meta.add_argument(
@@ -182,7 +183,7 @@ def add_replay_parser(sub: argparse._SubParsersAction) -> None:
     )
     others.add_argument("--sml-filters", default="3,2", help="SML conv filters n1,n2")
     others.add_argument("--sml-hidden", type=positive_int, default=SmlConfig.hidden, help="SML dense hidden size")
-    others.add_argument("--sml-lr", type=_positive_float, default=SmlConfig.lr, help="SML transfer learning rate")
+    others.add_argument("--sml-lr", type=positive_float, default=SmlConfig.lr, help="SML transfer learning rate")
     others.add_argument(
         "--sml-readout", choices=("plain", "residual"), default="residual", help="plain is the paper's form"
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import fcntl
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -75,6 +75,13 @@ def period_bounds(n_rows: int, periods: int) -> list[tuple[int, int]]:
             f"(need at least {periods * MIN_ROWS_PER_PERIOD}, {MIN_ROWS_PER_PERIOD} per period)"
         )
     return equal_count_bounds(n_rows, periods)
+
+
+def theta0_dir(root: Path, dataset: str, base: Mapping[str, object]) -> Path:
+    """Where the tuning benchmarks keep Θ_0 under ``root``: one folder per data set and
+    base-model settings, so that no run loads a Θ_0 fitted to other data."""
+    name = "-".join(f"{key}{value}" for key, value in sorted(base.items())) or "default"
+    return root / dataset / name
 
 
 def updating_with(learner: BaseLearner, train_config: TrainConfig) -> BaseLearner:
