@@ -48,7 +48,7 @@ from trainer.core.model import Params, score
 from trainer.learning.learner import BaseLearner
 from trainer.learning.updaters import meta_config
 from trainer.learning.updaters.asmg import Asmg, MetaConfig
-from trainer.research.cli import positive_float, positive_int
+from trainer.research.cli import json_object, positive_float, positive_int
 from trainer.research.datasets import load_dataset
 from trainer.research.encoding import encode_log
 from trainer.research.replay import Replay, theta0_dir
@@ -167,16 +167,6 @@ def paired(values: np.ndarray, baseline: np.ndarray) -> str:
 def line(label: str, values: np.ndarray, iu: np.ndarray, default: np.ndarray) -> str:
     """A variant's mean AUC and its paired differences from IU and from the default blend."""
     return f"{label:<34} AUC {values.mean():.4f}  Δ vs IU {paired(values, iu)}  vs default {paired(values, default)}"
-
-
-def json_object(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise argparse.ArgumentTypeError(f"not JSON: {error}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("must be a JSON object")
-    return value
 
 
 def non_negative_int(text: str) -> int:

@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 from trainer.core.config import BaselineConfig, ModelConfig, SmlConfig, TrainConfig
+from trainer.research.cli import json_object, positive_int
 from trainer.research.datasets import load_dataset
 from trainer.research.encoding import encode_log
 from trainer.research.replay import Replay, theta0_dir
@@ -125,23 +127,36 @@ def baseline_config(settings: dict[str, Any]) -> BaselineConfig:
     return BaselineConfig(**{**{k: v for k, v in settings.items() if k != "sml"}, "sml": sml})
 
 
-def main() -> int:
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="ml-1m")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--grid", default="base")
-    parser.add_argument("--base", default="{}", help="JSON base-model settings for the meta grid")
+    parser.add_argument("--seeds", type=positive_int, default=3)
+    parser.add_argument("--grid", default="base", choices=sorted(grids({})))
+    parser.add_argument("--base", type=json_object, default={}, help="JSON base-model settings for the meta grid")
     parser.add_argument("--only", help="labels to run, separated by |")
     parser.add_argument("--out", type=Path)
     parser.add_argument(
         "--pretrained-dir", type=Path, help="keep each Θ_0 here, one folder per data set and base settings"
     )
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    grid = grids(json.loads(args.base))[args.grid]
+    args = parser.parse_args(argv)
+    try:
+        TrainConfig(**{**asdict(TrainConfig()), **args.base})
+    except (TypeError, ValueError) as error:
+        parser.error(f"--base: {error}")
+    args.entries = grids(args.base)[args.grid]
     if args.only:
         wanted = set(args.only.split("|"))
-        grid = [g for g in grid if g[0] in wanted or g is grid[0]]
+        unknown = wanted - {entry[0] for entry in args.entries}
+        if unknown:
+            parser.error(f"--only: no such label in the {args.grid} grid: {', '.join(sorted(unknown))}")
+        args.entries = [g for g in args.entries if g[0] in wanted or g is args.entries[0]]
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse(argv)
+    torch.set_num_threads(1)
+    grid = args.entries
     config = ModelConfig()
     log = encode_log(load_dataset(args.dataset), config)
     # as in `asmg replay`, Θ_0 is pre-trained with the same base settings the updates use

@@ -1,32 +1,20 @@
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-from types import ModuleType
-
 import pytest
 import torch
 
+from tests.benchmark_scripts import load_benchmark, refusal
 from trainer.core.config import ModelConfig, TrainConfig
 from trainer.learning.updaters import meta_config
 from trainer.research.encoding import encode_log
 from trainer.research.replay import Protocol, Replay
 from trainer.research.synthetic import synthetic_events
 
-BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "blend_sweep.py"
 CONFIG = ModelConfig(user_buckets=256, item_buckets=256, category_buckets=32, history_length=5)
 # 2 pre-training periods, then 6 updates; the generator first trains at the 4th (its window full) and is scored
 # on periods 7–9
 PROTOCOL = Protocol(pretrain_periods=2, pretrain_epochs=1, train_periods=4, valid_periods=1, test_periods=1)
 META = {"lr": 1e-2, "batch_size": 64}
-
-
-def load_benchmark() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("blend_sweep", BENCHMARK)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +24,7 @@ def replay() -> Replay:
 
 
 def test_global_0_scores_as_iu_and_global_1_as_the_generated_model(replay: Replay) -> None:
-    sweep = load_benchmark()
+    sweep = load_benchmark("blend_sweep")
     blends = {name: b for name, b in sweep.variants(per_kind=False).items() if name in ("global 0", "global 1")}
     rows = sweep.sweep_seed(replay, 0, meta_config("asmg-gru-multi", {**META, "blend": 1.0}), blends)
     iu = {r.period: r.auc for r in replay.run("iu", 0)}
@@ -48,7 +36,7 @@ def test_global_0_scores_as_iu_and_global_1_as_the_generated_model(replay: Repla
 
 
 def test_a_late_start_serves_iu_until_the_generator_trains(replay: Replay) -> None:
-    sweep = load_benchmark()
+    sweep = load_benchmark("blend_sweep")
     blends = sweep.variants(per_kind=False)
     rows = sweep.sweep_seed(replay, 0, meta_config("asmg-gru-multi", {**META, "blend": 1.0}), blends, late=2)
     # meta periods 1 and 2 leave the residual read-out at zero: every blend is IU's model
@@ -58,7 +46,7 @@ def test_a_late_start_serves_iu_until_the_generator_trains(replay: Replay) -> No
 
 
 def test_the_generator_trains_with_the_early_lr_for_its_first_periods_only(replay: Replay) -> None:
-    sweep = load_benchmark()
+    sweep = load_benchmark("blend_sweep")
     meta = meta_config("asmg-gru-multi", {**META, "blend": 1.0})
     updater = sweep.Scheduled(replay.pretrained(0), meta, 0, late=1, early_lr=0.05, early_periods=2)
     rates = []
@@ -70,7 +58,7 @@ def test_the_generator_trains_with_the_early_lr_for_its_first_periods_only(repla
 
 
 def test_each_kind_of_tensor_takes_its_own_blend() -> None:
-    sweep = load_benchmark()
+    sweep = load_benchmark("blend_sweep")
     iu = {"user_emb": torch.zeros(2, 2), "item_emb": torch.zeros(2, 2), "cat_emb": torch.zeros(1, 2)}
     iu["mlp.0.weight"] = torch.zeros(1, 4)
     generated = {name: torch.ones_like(value) for name, value in iu.items()}
@@ -87,7 +75,7 @@ def test_each_kind_of_tensor_takes_its_own_blend() -> None:
 
 
 def test_the_adaptive_blend_chooses_from_earlier_periods_only() -> None:
-    sweep = load_benchmark()
+    sweep = load_benchmark("blend_sweep")
     aucs = [
         {"global 0": 0.6, "global 0.5": 0.5, "global 1": 0.7},
         {"global 0": 0.9, "global 0.5": 0.5, "global 1": 0.5},
@@ -101,7 +89,7 @@ def test_the_adaptive_blend_chooses_from_earlier_periods_only() -> None:
 
 
 def test_the_report_pairs_each_variant_with_iu_and_with_the_default(capsys: pytest.CaptureFixture[str]) -> None:
-    sweep = load_benchmark()
+    sweep = load_benchmark("blend_sweep")
     per_seed = [
         [
             {"split": split, "auc": {"global 0": 0.70, "global 0.5": 0.70 + d, "global 1": 0.70 + 2 * d}}
@@ -138,8 +126,4 @@ def test_the_report_pairs_each_variant_with_iu_and_with_the_default(capsys: pyte
 def test_bad_arguments_exit_2_with_the_reason(
     argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with pytest.raises(SystemExit) as exit_info:
-        load_benchmark().main(argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert message in err and "Traceback" not in err
+    assert message in refusal(load_benchmark("blend_sweep").main, argv, capsys)

@@ -4,19 +4,17 @@ replica lose its swap notices."""
 
 from __future__ import annotations
 
-import importlib.util
 import multiprocessing
 import re
-import sys
 import threading
 import time
 from pathlib import Path
-from types import ModuleType
 
 import httpx
 import pytest
 
 from app.metrics import ServiceMetrics, StoreCollector
+from tests.benchmark_scripts import load_benchmark
 from tests.service import (
     AUTH,
     free_port,
@@ -31,7 +29,6 @@ from trainer.core.registry import ensure_initial_model
 from trainer.core.store import LocalStore, RedisStore
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCHMARKS = ROOT / "benchmarks"
 RULES = ROOT / "deploy" / "prometheus" / "rules.yml"
 
 
@@ -99,21 +96,8 @@ def test_a_replica_that_swapped_exports_every_series_the_recording_rules_read(tm
     assert wanted and wanted <= exported, sorted(wanted - exported)
 
 
-def load_benchmark() -> ModuleType:
-    sys.path.insert(0, str(BENCHMARKS))  # it imports its neighbour harness.py
-    try:
-        spec = importlib.util.spec_from_file_location("freshness_benchmark", BENCHMARKS / "freshness.py")
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # its dataclasses look their module up
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(BENCHMARKS))
-
-
 def test_resp_frames_are_cut_whole_and_only_whole() -> None:
-    frame_end = load_benchmark().frame_end
+    frame_end = load_benchmark("freshness").frame_end
     notice = b"*3\r\n$7\r\nmessage\r\n$11\r\nfresh:swaps\r\n$2\r\n12\r\n"
     confirm = b"*3\r\n$9\r\nsubscribe\r\n$11\r\nfresh:swaps\r\n:1\r\n"
     stream = confirm + notice + b"+OK\r\n$-1\r\n"
@@ -128,7 +112,7 @@ def test_resp_frames_are_cut_whole_and_only_whole() -> None:
 
 
 def test_the_benchmarks_proxy_loses_a_replicas_notices_only_while_told_to(redis_server: str) -> None:
-    bench = load_benchmark()
+    bench = load_benchmark("freshness")
     upstream = int(redis_server.rsplit(":", 1)[1].split("/")[0])
     port = free_port()
     dropping, dropped, stop = multiprocessing.Value("b", 0), multiprocessing.Value("i", 0), multiprocessing.Event()

@@ -57,6 +57,17 @@ def positive_int(value: str) -> int:
     return n
 
 
+def json_object(value: str) -> dict[str, Any]:
+    """A command-line JSON object of settings."""
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not JSON: {error}") from None
+    if not isinstance(parsed, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return parsed
+
+
 def positive_float(value: str) -> float:
     x = float(value)
     if not 0 < x < math.inf:  # also refuses nan and inf
