@@ -36,7 +36,7 @@ import json
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,7 @@ from trainer.learning.updaters.asmg import Asmg, MetaConfig
 from trainer.research.cli import json_object, positive_float, positive_int
 from trainer.research.datasets import load_dataset
 from trainer.research.encoding import encode_log
-from trainer.research.replay import Replay, theta0_dir
+from trainer.research.replay import Protocol, Replay, theta0_dir
 
 LEVELS = (0.0, 0.25, 0.5, 0.75, 1.0)
 KIND_LEVELS = LEVELS[1:]  # per kind: 64 variants, each scored every period
@@ -209,11 +209,14 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     except (TypeError, ValueError) as error:
         parser.error(f"--meta: {error}")
     try:
-        args.train_config = TrainConfig(**{**asdict(TrainConfig()), **args.base})
+        args.train_config = replace(TrainConfig(), **args.base)
     except (TypeError, ValueError) as error:
         parser.error(f"--base: {error}")
     if (args.early_lr is None) != (args.early_periods == 0):
         parser.error("--early-lr and --early-periods go together")
+    pretrain_periods = Protocol().pretrain_periods  # the protocol main() replays
+    if args.warm_start >= pretrain_periods:
+        parser.error(f"--warm-start must leave a pre-training period to pre-train on (below {pretrain_periods})")
     if args.late_start and args.meta_config.readout != "residual":
         parser.error("--late-start needs the residual read-out (an untrained plain one is noise)")
     return args

@@ -15,7 +15,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -140,7 +140,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     try:
-        TrainConfig(**{**asdict(TrainConfig()), **args.base})
+        replace(TrainConfig(), **args.base)
     except (TypeError, ValueError) as error:
         parser.error(f"--base: {error}")
     args.entries = grids(args.base)[args.grid]
@@ -163,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     replays: dict[TrainConfig, Replay] = {}
     rows = []
     for label, method, base, meta in grid:
-        train = TrainConfig(**{**asdict(TrainConfig()), **base})
+        train = replace(TrainConfig(), **base)
         if train not in replays:
             where = theta0_dir(args.pretrained_dir, args.dataset, base) if args.pretrained_dir else None
             replays[train] = Replay(log, config, train, pretrained_dir=where)

@@ -115,6 +115,7 @@ def test_the_report_pairs_each_variant_with_iu_and_with_the_default(capsys: pyte
         (["--meta", '{"lr": 0}'], "lr must be positive"),
         (["--base", '{"batch": 3}'], "--base"),
         (["--late-start", "-1"], "must not be negative"),
+        (["--warm-start", "10"], "must leave a pre-training period"),
         (["--late-start", "2", "--meta", '{"readout": "plain"}'], "needs the residual read-out"),
         (["--seeds", "0"], "must be a positive integer"),
         (["--early-lr", "0", "--early-periods", "2"], "must be a positive number"),
